@@ -1,0 +1,1 @@
+"""The ``skipvae`` command-line interface."""

@@ -1,0 +1,143 @@
+"""The ``skipvae`` command: parsing and printing only; the work happens in pyro_skipvae.
+
+Exit status: 0 success, 1 runtime failure (bad data, corrupt files, NaN loss), 2 usage
+error (bad option values, a run directory holding another configuration), 130 interrupted.
+Errors print one line, ``error: …``; set ``SKIPVAE_DEBUG=1`` to see the traceback.
+"""
+
+import functools
+import logging
+import os
+import sys
+import traceback
+
+import click
+
+from pyro_skipvae import SkipVAE
+from pyro_skipvae.data import BINARIZATIONS, IMAGE_DATASETS, load_dataset
+from pyro_skipvae.errors import ConfigError, SkipVAEError
+from pyro_skipvae.infer import ELBOS
+from pyro_skipvae.models import DECODERS, LIKELIHOODS, PRIORS
+
+
+def _fail(message: str, status: int):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
+def handle_errors(command):
+    """Turn the library's typed errors into one line on stderr and an exit status."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as e:
+            _fail(str(e), 2)
+        except SkipVAEError as e:
+            _fail(str(e), 1)
+        except KeyboardInterrupt:
+            _fail("interrupted; the last completed epoch's checkpoint is intact (use --resume)", 130)
+        except Exception as e:  # a bug or an environment failure: still no traceback by default
+            if os.environ.get("SKIPVAE_DEBUG"):
+                traceback.print_exc()
+            _fail(f"unexpected {type(e).__name__}: {e} (set SKIPVAE_DEBUG=1 for the traceback)", 1)
+
+    return wrapper
+
+
+class IntList(click.ParamType):
+    """A comma-separated list of positive integers, e.g. ``1024,1024``."""
+
+    name = "INTS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            widths = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected comma-separated integers such as 1024,1024, found {value!r}", param, ctx)
+        if min(widths) < 1:
+            self.fail(f"expected positive widths, found {value!r}", param, ctx)
+        return widths
+
+
+POSITIVE = click.IntRange(min=1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("-v", "--verbose", is_flag=True, help="Log every epoch's metrics.")
+@click.version_option(package_name="pyro-skipvae")
+def cli(verbose):
+    """Collapse-resistant VAEs on Pyro: fit and measure generative skip models."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+@cli.command()
+@click.option("--dataset", default="mnist", help=f"{' | '.join(IMAGE_DATASETS)} | PATH.pt | PATH.npy")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the data sets [default: $SKIPVAE_DATA_DIR, else ../shared/data]")
+@click.option("--decoder", type=click.Choice(DECODERS.names()), default="mlp")
+@click.option("--skip/--no-skip", default=True, help="Feed z into every decoder layer (Skip-VAE) or only the first (VAE).")
+@click.option("--latent-dim", type=POSITIVE, default=32)
+@click.option("--hidden-dims", type=IntList(), default="1024,1024", help="Hidden widths of encoder and decoder.")
+@click.option("--prior", type=click.Choice(PRIORS.names()), default="normal")
+@click.option("--likelihood", type=click.Choice(LIKELIHOODS.names()), default="bernoulli")
+@click.option("--elbo", type=click.Choice(ELBOS.names()), default="trace",
+              help="trace: Trace_ELBO (Monte-Carlo KL); mean-field: TraceMeanField_ELBO (analytic KL).")
+@click.option("--num-epochs", type=POSITIVE, default=10)
+@click.option("--batch-size", type=POSITIVE, default=50)
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3)
+@click.option("--kl-warmup-epochs", type=click.FloatRange(min=0), default=10.0,
+              help="Epochs over which β rises linearly from --kl-start to 1 (0: no warm-up).")
+@click.option("--kl-start", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1)
+@click.option("--binarize", type=click.Choice(BINARIZATIONS), default=None,
+              help="[default: dynamic for image data sets, none for files]")
+@click.option("--train-size", type=POSITIVE, default=None, help="Use only the first N training examples.")
+@click.option("--val-size", type=POSITIVE, default=None, help="Use only the first N validation examples.")
+@click.option("--seed", type=int, default=0)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: runs/<dataset>-<skip-vae|vae>-z<latent-dim>]")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def fit(dataset, data_dir, decoder, skip, latent_dim, hidden_dims, prior, likelihood, elbo, num_epochs,
+        batch_size, learning_rate, kl_warmup_epochs, kl_start, binarize, train_size, val_size, seed,
+        device, run_dir, resume, quiet):
+    """Fit a (skip-)VAE and write config.json, checkpoint.pt, best.pt and metrics.jsonl."""
+    splits = load_dataset(dataset, data_dir=data_dir, train_size=train_size, val_size=val_size)
+    if binarize is None:
+        binarize = "dynamic" if dataset in IMAGE_DATASETS else "none"
+    if run_dir is None:
+        run_dir = os.path.join("runs", f"{splits.name}-{'skip-vae' if skip else 'vae'}-z{latent_dim}")
+    vae = SkipVAE(
+        splits.data_shape, latent_dim=latent_dim, hidden_dims=hidden_dims, skip=skip, decoder=decoder,
+        prior=prior, likelihood=likelihood, device=device, seed=seed,
+    )
+    history = vae.fit(
+        splits.train, val=splits.val, num_epochs=num_epochs, batch_size=batch_size,
+        learning_rate=learning_rate, kl_warmup_epochs=kl_warmup_epochs, kl_start=kl_start, elbo=elbo,
+        binarize=binarize, seed=seed, run_dir=run_dir, resume=resume, progress=not quiet,
+        run_info={"dataset": splits.name, "train_size": train_size, "val_size": val_size},
+    )
+    if not history:
+        raise ConfigError(f"nothing to do: no epochs to run (num_epochs={num_epochs})")
+    last = history[-1]
+    best = max(history, key=lambda r: r["val_elbo"])
+    click.echo(
+        f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, validation ELBO "
+        f"{last['val_elbo']:.2f} nats, KL {last['val_kl']:.2f} nats "
+        f"(best validation ELBO {best['val_elbo']:.2f} at epoch {best['epoch']}; "
+        f"{sum(r['seconds'] for r in history if 'seconds' in r):.0f} s)"
+    )
+    click.echo(f"results in {run_dir}")
+
+
+def main():
+    cli(prog_name="skipvae")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Data sets as tensors: named image data sets, users' files, and binarisation.
+
+>>> splits = load_dataset("mnist", train_size=1000)      # doctest: +SKIP
+>>> splits.train.shape, splits.val.shape, splits.test.shape
+(torch.Size([1000, 1, 28, 28]), torch.Size([10000, 1, 28, 28]), torch.Size([10000, 1, 28, 28]))
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .files import load_tensor_file
+from .images import load_images
+from .paths import resolve_data_dir
+
+#: named data sets → folder name in the torchvision layout
+IMAGE_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+#: number of training images held out for validation (the last ones), as in the papers' code
+NUM_VALIDATION = 10_000
+BINARIZATIONS = ("dynamic", "threshold", "none")
+
+
+@dataclass
+class DataSplits:
+    """Train/validation/test tensors of one data set (labels where it has them)."""
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor | None = None
+    train_labels: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(data, labels)`` of split ``"train"``, ``"val"`` or ``"test"``."""
+        data = getattr(self, name, None) if name in ("train", "val", "test") else None
+        if data is None:
+            raise DataError(f"{self.name} has no {name!r} split")
+        return data, getattr(self, f"{name}_labels")
+
+
+def load_dataset(dataset: str, *, data_dir=None, train_size=None, val_size=None) -> DataSplits:
+    """Load a named data set (``"mnist"``, ``"fashion-mnist"``) or a ``.pt``/``.npy`` file.
+
+    Image data sets: the last 10,000 of the 60,000 training images are the validation split
+    (Burda et al. 2016; Kim et al. 2018), the 10,000 test images the test split; intensities
+    are floats in [0, 1] of shape ``(N, 1, 28, 28)``. Files: see
+    :func:`~pyro_skipvae.data.files.load_tensor_file`; without a ``"val"`` entry the last
+    10% of ``"train"`` is held out.
+
+    :param int train_size: keep only the first ``train_size`` training examples.
+    :param int val_size: keep only the first ``val_size`` validation examples.
+    """
+    for option, value in (("train_size", train_size), ("val_size", val_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{option} must be a positive integer, found {value}")
+    if dataset in IMAGE_DATASETS:
+        folder = IMAGE_DATASETS[dataset]
+        root = resolve_data_dir(data_dir, expected=f"{folder}/raw/*-ubyte.gz")
+        images, labels = load_images(folder, root, train=True)
+        test, test_labels = load_images(folder, root, train=False)
+        cut = images.shape[0] - NUM_VALIDATION
+        splits = DataSplits(
+            dataset, images[:cut], images[cut:], test, labels[:cut], labels[cut:], test_labels
+        )
+    elif Path(dataset).suffix in (".pt", ".npy"):
+        content = load_tensor_file(dataset)
+        train = content["train"]
+        labels = content.get("train_labels")
+        if "val" in content:
+            val, val_labels = content["val"], content.get("val_labels")
+        else:
+            cut = train.shape[0] - max(1, train.shape[0] // 10)
+            if cut < 1:
+                raise DataError(f"{dataset}: need at least 2 training examples to hold one out, found {train.shape[0]}")
+            val, val_labels = train[cut:], None if labels is None else labels[cut:]
+            train, labels = train[:cut], None if labels is None else labels[:cut]
+        splits = DataSplits(
+            Path(dataset).name, train, val, content.get("test"), labels, val_labels,
+            content.get("test_labels"),
+        )
+    else:
+        raise ConfigError(
+            f"unknown dataset {dataset!r}; expected one of {', '.join(IMAGE_DATASETS)} "
+            "or a path to a .pt/.npy file"
+        )
+    if train_size is not None:
+        splits.train = splits.train[:train_size]
+        splits.train_labels = None if splits.train_labels is None else splits.train_labels[:train_size]
+    if val_size is not None:
+        splits.val = splits.val[:val_size]
+        splits.val_labels = None if splits.val_labels is None else splits.val_labels[:val_size]
+    return splits
+
+
+def binarize(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Turn intensities in [0, 1] into binary data.
+
+    * ``"dynamic"``: x_b ~ Bernoulli(x), a fresh draw each call (Salakhutdinov & Murray 2008);
+    * ``"threshold"``: x_b = 1[x > 0.5];
+    * ``"none"``: x unchanged.
+    """
+    if mode == "dynamic":
+        if x.min() < 0 or x.max() > 1:
+            raise DataError(
+                f"dynamic binarisation needs intensities in [0, 1], found range "
+                f"[{x.min().item():.3g}, {x.max().item():.3g}]"
+            )
+        return torch.bernoulli(x, generator=generator)
+    if mode == "threshold":
+        return (x > 0.5).to(x.dtype)
+    if mode == "none":
+        return x
+    raise ConfigError(f"unknown binarization {mode!r}; expected one of: {', '.join(BINARIZATIONS)}")
+
+
+__all__ = [
+    "BINARIZATIONS",
+    "DataSplits",
+    "IMAGE_DATASETS",
+    "binarize",
+    "load_dataset",
+    "resolve_data_dir",
+]

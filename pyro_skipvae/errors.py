@@ -1,0 +1,25 @@
+"""Typed errors. Every message says what was expected and what was found.
+
+``ConfigError`` is a usage error (the CLI exits with status 2); the others are runtime
+failures (status 1). All derive from :class:`SkipVAEError`, so callers can catch one type.
+"""
+
+
+class SkipVAEError(Exception):
+    """Base class of every error pyro-skipvae raises on purpose."""
+
+
+class ConfigError(SkipVAEError, ValueError):
+    """An option has an invalid value, or a run directory holds a different configuration."""
+
+
+class DataError(SkipVAEError, ValueError):
+    """Data is missing, corrupt, has the wrong shape, or lies outside the likelihood's support."""
+
+
+class CheckpointError(SkipVAEError):
+    """A checkpoint file is missing, corrupt, or was written for a different configuration."""
+
+
+class NonFiniteLossError(SkipVAEError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is left untouched."""

@@ -1,0 +1,46 @@
+"""Amortized encoders x → (μ, log σ) of a diagonal-Gaussian q(z | x)."""
+
+import math
+
+from torch import nn
+
+from ..registry import Registry
+
+ENCODERS = Registry("encoder")
+
+
+class Encoder(nn.Module):
+    """Base class: ``forward(x) -> (loc, log_scale)``, each of shape ``(N, latent_dim)``."""
+
+    def __init__(self, data_shape: tuple[int, ...], latent_dim: int):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.latent_dim = latent_dim
+
+
+@ENCODERS.register("mlp")
+class MLPEncoder(Encoder):
+    r"""h = MLP(flatten(x)) with ReLU; μ = A h + a, log σ = ½ (B h + b).
+
+    The head predicts log σ² (as the papers' code does) and halves it, so the local
+    variational parameters that semi-amortized inference refines are (μ, log σ).
+
+    :param tuple hidden_dims: hidden widths (default ``(1024, 1024)``).
+    """
+
+    def __init__(self, data_shape, latent_dim, *, hidden_dims=(1024, 1024)):
+        super().__init__(data_shape, latent_dim)
+        widths = [math.prod(self.data_shape), *hidden_dims]
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(widths[-1], 2 * latent_dim)
+
+    def forward(self, x):
+        h = self.body(x.reshape(x.shape[0], -1).to(self.head.weight.dtype))
+        loc, log_var = self.head(h).chunk(2, dim=-1)
+        return loc, 0.5 * log_var
+
+
+__all__ = ["ENCODERS", "Encoder", "MLPEncoder"]

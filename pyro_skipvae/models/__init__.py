@@ -1,0 +1,17 @@
+"""The generative side: priors, decoders, likelihoods and the Pyro model."""
+
+from .decoders import DECODERS, Decoder, MLPDecoder
+from .likelihoods import LIKELIHOODS, Likelihood
+from .model import Model
+from .priors import PRIORS, Prior
+
+__all__ = [
+    "DECODERS",
+    "Decoder",
+    "LIKELIHOODS",
+    "Likelihood",
+    "MLPDecoder",
+    "Model",
+    "PRIORS",
+    "Prior",
+]
