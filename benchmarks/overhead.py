@@ -1,0 +1,139 @@
+"""Overhead of training through Pyro (SVI + Trace_ELBO + pyro.optim.ClippedAdam) against a
+hand-written PyTorch ELBO step on the *same* network, batch and optimizer maths.
+
+Both sides use the MNIST MLP skip-VAE (784 → 1024 → 1024 → 32 and back, skip on), batch
+100 of real dynamically-binarised MNIST, the single-sample Monte-Carlo ELBO (Trace_ELBO's
+estimator), and ClippedAdam (lr 1e-3, clip_norm 10). Steps alternate between the two sides
+in one process, repeated, so machine noise hits both alike; the ratio of medians is printed
+last as JSON.
+
+    python benchmarks/overhead.py [--repeats 7] [--steps 30] [--epoch]
+
+``--epoch`` also times one full training epoch (50,000 images, batch 50) through
+``SkipVAE.fit``.
+"""
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+
+import pyro
+import pyro.optim
+import torch
+import pyro.infer
+from pyro.infer import Trace_ELBO
+from pyro.optim.clipped_adam import ClippedAdam
+
+from pyro_skipvae import SkipVAE
+from pyro_skipvae.data import binarize, load_dataset
+from pyro_skipvae.infer.svi import SVI
+
+
+def torch_step(vae, optimizer, x, size):
+    """One ELBO step written directly in PyTorch, mirroring Trace_ELBO's estimator."""
+    encoder, decoder = vae.guide.encoder, vae.model.decoder
+    loc, log_scale = encoder(x)
+    scale = log_scale.exp()
+    z = loc + scale * torch.randn_like(loc)
+    logits = decoder(z)
+    log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
+    log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    loss = -(size / x.shape[0]) * (log_lik + log_p - log_q).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def time_steps(step, batches):
+    started = time.perf_counter()
+    for x in batches:
+        step(x)
+    return (time.perf_counter() - started) / len(batches)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=30, help="steps per timed block")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--epoch", action="store_true", help="also time one full MNIST epoch")
+    args = parser.parse_args()
+
+    splits = load_dataset("mnist")
+    size = splits.train.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    data = binarize(splits.train, "dynamic", generator)
+    batches = [data[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.steps)]
+
+    def make_svi(svi_class):
+        vae = SkipVAE(splits.data_shape, seed=0)
+        optim = pyro.optim.ClippedAdam({"lr": 1e-3, "clip_norm": 10.0})
+        svi = svi_class(vae.model, vae.guide, optim, Trace_ELBO())
+
+        def step(x):
+            with pyro.validation_enabled(False):  # as in pyro_skipvae.infer.fit.train
+                return svi.step(x, size=size)
+
+        return step
+
+    torch_vae = SkipVAE(splits.data_shape, seed=0)
+    params = list(torch_vae.model.parameters()) + list(torch_vae.guide.parameters())
+    optimizer = ClippedAdam(params, lr=1e-3, clip_norm=10.0)
+    steps = {
+        "pyro": make_svi(SVI),  # what `skipvae fit` runs
+        "stock": make_svi(pyro.infer.SVI),  # pyro.infer.SVI as shipped, for reference
+        "torch": lambda x: torch_step(torch_vae, optimizer, x, size),
+    }
+    times = {name: [] for name in steps}
+    # Each side gets its own param-store scope: the three models share parameter names.
+    scopes = {name: None for name in steps}
+
+    def timed(name, xs):
+        with pyro.get_param_store().scope(scopes[name]) as state:
+            scopes[name] = state
+            return time_steps(steps[name], xs)
+
+    for name in steps:  # warm-up: allocator, lazily created optimizer state
+        timed(name, batches[:5])
+    for _ in range(args.repeats):
+        for name in steps:
+            times[name].append(timed(name, batches))
+
+    rows = {name: statistics.median(t) for name, t in times.items()}
+    ratio = rows["pyro"] / rows["torch"]
+    ratios = [p / t for p, t in zip(times["pyro"], times["torch"])]
+    stock_ratio = rows["stock"] / rows["torch"]
+    print(f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(f"{'path':<8} {'median ms/step':>15} {'min':>8} {'max':>8}")
+    for name, t in times.items():
+        print(f"{name:<8} {1e3 * rows[name]:>15.2f} {1e3 * min(t):>8.2f} {1e3 * max(t):>8.2f}")
+    print(f"ratio pyro/torch: {ratio:.3f} (per-repeat ratios {min(ratios):.3f}..{max(ratios):.3f})")
+    print(f"ratio stock pyro.infer.SVI/torch: {stock_ratio:.3f}")
+
+    result = {
+        "ratio": round(ratio, 4),
+        "stock_svi_ratio": round(stock_ratio, 4),
+        "pyro_ms_per_step": round(1e3 * rows["pyro"], 3),
+        "torch_ms_per_step": round(1e3 * rows["torch"], 3),
+        "batch_size": args.batch_size,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    }
+    if args.epoch:
+        vae = SkipVAE(splits.data_shape, seed=0)
+        started = time.perf_counter()
+        history = vae.fit(splits.train, val=splits.val, num_epochs=1, binarize="dynamic")
+        result["seconds_per_epoch"] = round(time.perf_counter() - started, 1)
+        result["epoch_val_elbo"] = round(history[-1]["val_elbo"], 2)
+        assert math.isfinite(result["epoch_val_elbo"])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The installed ``skipvae`` command: fit on real MNIST, exit codes, and kill -9 + --resume."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+
+SMALL = ["--train-size", "500", "--val-size", "200", "--latent-dim", "4", "--hidden-dims", "32,32",
+         "--kl-warmup-epochs", "1", "--quiet"]
+
+
+def skipvae_executable():
+    found = shutil.which("skipvae") or str(Path(sys.executable).with_name("skipvae"))
+    assert os.path.exists(found), "the console script `skipvae` must be installed"
+    return found
+
+
+def run_cli(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("skip", ["--skip", "--no-skip"])
+def test_fit_on_real_mnist(tmp_path, data_dir, skip):
+    result = run_cli("fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "2", skip, "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    last_line = result.output.strip().splitlines()[-1]
+    assert last_line == f"results in {tmp_path / 'run'}"
+    assert "validation ELBO" in result.output
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["skip"] is (skip == "--skip")
+
+
+@pytest.mark.parametrize(
+    "args, status, message",
+    [
+        (["--latent-dim", "0"], 2, "0 is not in the range x>=1"),
+        (["--hidden-dims", "64,x"], 2, "comma-separated integers"),
+        (["--prior", "laplace"], 2, "'laplace' is not one of"),
+        (["--dataset", "cifar"], 2, "error: unknown dataset 'cifar'"),
+        (["--data-dir", "/nonexistent"], 1, "error: data directory not found"),
+        (["--likelihood", "bernoulli", "--binarize", "none"], 1, "error: training data: BernoulliLikelihood expects binary values"),
+    ],
+)
+def test_bad_input_gives_one_readable_line_and_an_exit_status(tmp_path, data_dir, args, status, message):
+    base = ["fit", *SMALL, "--num-epochs", "1", "--out", str(tmp_path / "run")]
+    if "--data-dir" not in args:
+        base += ["--data-dir", str(data_dir)]
+    result = CliRunner().invoke(cli, base + args)
+    assert result.exit_code == status, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_resume_against_another_config_is_a_usage_error(tmp_path, data_dir):
+    out = str(tmp_path / "run")
+    assert run_cli("fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "1", "--out", out).exit_code == 0
+    result = CliRunner().invoke(cli, ["fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "2", "--latent-dim", "5", "--out", out, "--resume"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: cannot resume " + out + ": its configuration differs in model.latent_dim: saved 4, now 5"
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
+    """A run killed with SIGKILL mid-training and resumed ends identical to one never stopped."""
+    exe = skipvae_executable()
+    args = ["fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "6", "--seed", "5"]
+    env = {**os.environ, "SKIPVAE_CACHE_DIR": os.environ["SKIPVAE_CACHE_DIR"]}
+    subprocess.run([exe, *args, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([exe, *args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        metrics = killed / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert 2 <= done < 6
+
+    subprocess.run([exe, *args, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True)
+
+    def records(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert records(killed) == records(tmp_path / "full")
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
+    for part in ("model", "guide"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+
+
+def test_installed_command_help():
+    result = subprocess.run([skipvae_executable(), "fit", "--help"], capture_output=True, text=True, check=True)
+    for flag in ("--skip / --no-skip", "--latent-dim", "--hidden-dims", "--kl-warmup-epochs", "--train-size", "--resume", "--device"):
+        assert flag in result.stdout

@@ -1,0 +1,172 @@
+"""Training on real MNIST: run directories, exact resume, and errors that lose nothing."""
+
+import gzip
+import json
+import shutil
+
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_skipvae import CheckpointError, ConfigError, DataError, NonFiniteLossError, SkipVAE
+from pyro_skipvae.data import load_dataset
+from pyro_skipvae.infer import LinearWarmup
+
+FIT = {"batch_size": 50, "binarize": "dynamic", "kl_warmup_epochs": 2, "seed": 3}
+
+
+def fit(mnist, tiny_options, run_dir=None, num_epochs=2, resume=False, **overrides):
+    vae = SkipVAE(mnist.data_shape, seed=0, **tiny_options)
+    history = vae.fit(
+        mnist.train, val=mnist.val, num_epochs=num_epochs, run_dir=run_dir, resume=resume,
+        **{**FIT, **overrides},
+    )
+    return vae, history
+
+
+def metrics(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def test_mnist_is_split_as_in_the_papers(data_dir):
+    splits = load_dataset("mnist", data_dir=data_dir)
+    assert splits.train.shape == (50_000, 1, 28, 28) and splits.val.shape == (10_000, 1, 28, 28)
+    assert splits.test.shape == (10_000, 1, 28, 28) and splits.test_labels.shape == (10_000,)
+    assert 0.0 == splits.train.min() and splits.train.max() == 1.0
+
+
+def test_fit_writes_a_complete_run_directory(mnist, tiny_options, tmp_path):
+    vae, history = fit(mnist, tiny_options, tmp_path / "run")
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "metrics.jsonl"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert {"epoch", "train_elbo", "val_elbo", "val_kl", "seconds", "beta"} <= set(record)
+        assert record["val_elbo"] < 0 and record["val_kl"] >= 0
+    assert records[1]["val_elbo"] > records[0]["val_elbo"], "two epochs of training must help"
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["latent_dim"] == 4 and config["train"]["binarize"] == "dynamic"
+    best = SkipVAE.load(run)
+    assert best.config == vae.config
+
+
+def test_beta_warms_up_linearly():
+    warmup = LinearWarmup(num_epochs=10, start=0.1)
+    assert warmup(0) == 0.1 and warmup(5) == pytest.approx(0.55) and warmup(10) == 1.0 == warmup(12)
+    assert LinearWarmup(num_epochs=0)(0) == 1.0
+
+
+def test_resume_is_exact(mnist, tiny_options, tmp_path):
+    full, _ = fit(mnist, tiny_options, tmp_path / "full", num_epochs=3)
+    fit(mnist, tiny_options, tmp_path / "parts", num_epochs=1)
+    resumed, _ = fit(mnist, tiny_options, tmp_path / "parts", num_epochs=3, resume=True)
+    assert metrics(tmp_path / "full") == metrics(tmp_path / "parts")
+    for module in ("model", "guide"):
+        a, b = getattr(full, module).state_dict(), getattr(resumed, module).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_existing_run_is_never_overwritten(mnist, tiny_options, tmp_path):
+    fit(mnist, tiny_options, tmp_path / "run", num_epochs=1)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit(mnist, tiny_options, tmp_path / "run", num_epochs=1)
+    with pytest.raises(ConfigError, match=r"train.learning_rate: saved 0.001, now 0.01"):
+        fit(mnist, tiny_options, tmp_path / "run", num_epochs=2, resume=True, learning_rate=1e-2)
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+
+
+def test_a_corrupt_checkpoint_is_reported_and_kept(mnist, tiny_options, tmp_path):
+    fit(mnist, tiny_options, tmp_path / "run", num_epochs=1)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        fit(mnist, tiny_options, tmp_path / "run", num_epochs=2, resume=True)
+    assert checkpoint.stat().st_size == 1000
+    with pytest.raises(CheckpointError, match="corrupt"):
+        SkipVAE.load(checkpoint)
+
+
+class NaNAfter(Trace_ELBO):
+    """Trace_ELBO whose loss turns NaN after a number of steps (fault injection)."""
+
+    def __init__(self, good_steps):
+        super().__init__()
+        self.remaining = good_steps
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = super().loss_and_grads(model, guide, *args, **kwargs)
+        self.remaining -= 1
+        return loss if self.remaining >= 0 else float("nan")
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(mnist, tiny_options, tmp_path):
+    # 500 images / batch 50 = 10 steps an epoch: step 13 is the third of epoch 2.
+    with pytest.raises(NonFiniteLossError, match=r"step 13 \(epoch 2, batch 3 of 10\)"):
+        fit(mnist, tiny_options, tmp_path / "run", num_epochs=3, elbo=NaNAfter(12))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(metrics(tmp_path / "run")) == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize(
+    "corrupt, error",
+    [
+        (lambda x: x.reshape(len(x), -1)[:, :700], r"expected shape \(N, 1, 28, 28\), found \(500, 700\)"),
+        (lambda x: x.index_fill(0, torch.tensor([3]), float("nan")), "expected finite values"),
+        (lambda x: x * 2, r"intensities in \[0, 1\]"),
+    ],
+)
+def test_bad_training_data_is_rejected_before_training(mnist, tiny_options, corrupt, error):
+    vae = SkipVAE(mnist.data_shape, **tiny_options)
+    with pytest.raises(DataError, match=error):
+        vae.fit(corrupt(mnist.train), num_epochs=1, binarize="dynamic")
+
+
+def test_non_binary_data_for_bernoulli_without_binarisation(mnist, tiny_options):
+    vae = SkipVAE(mnist.data_shape, **tiny_options)
+    with pytest.raises(DataError, match=r"binary values in \{0, 1\}, found \d+ entries outside it"):
+        vae.fit(mnist.train, num_epochs=1, binarize="none")
+
+
+@pytest.mark.parametrize("option", ["num_epochs", "batch_size", "learning_rate"])
+def test_non_positive_options(mnist, tiny_options, option):
+    vae = SkipVAE(mnist.data_shape, **tiny_options)
+    with pytest.raises(ConfigError, match=f"{option} must be positive, found 0"):
+        vae.fit(mnist.train, **{**{"num_epochs": 1}, option: 0})
+
+
+def test_missing_and_corrupt_data_files(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SKIPVAE_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / "data" / "MNIST" / "raw"
+    shutil.copytree(data_dir / "MNIST" / "raw", copy)
+    (copy / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz .* does not exist"):
+        load_dataset("mnist", data_dir=tmp_path / "data")
+    (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="not a valid gzip file"):
+        load_dataset("mnist", data_dir=tmp_path / "data")
+    (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 20))
+    with pytest.raises(DataError, match="corrupt: expected content md5"):
+        load_dataset("mnist", data_dir=tmp_path / "data")
+    with pytest.raises(DataError, match="data directory not found"):
+        load_dataset("mnist", data_dir=tmp_path / "nowhere")
+
+
+def test_users_own_files(tmp_path, tiny_options):
+    import numpy as np
+
+    # Synthetic binary data, labelled as such: this checks the file loader, not a model.
+    array = np.random.default_rng(0).integers(0, 2, size=(40, 6)).astype("float32")
+    np.save(tmp_path / "toy.npy", array)
+    splits = load_dataset(str(tmp_path / "toy.npy"))
+    assert splits.train.shape == (36, 6) and splits.val.shape == (4, 6)
+    vae = SkipVAE(splits.data_shape, **tiny_options)
+    assert len(vae.fit(splits.train, val=splits.val, num_epochs=1, batch_size=10)) == 1
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="could not be read"):
+        load_dataset(str(tmp_path / "bad.pt"))
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        load_dataset("cifar")

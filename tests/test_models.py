@@ -1,0 +1,150 @@
+"""The model/guide contract, for every registry entry × skip on/off."""
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+from pyro_skipvae import ConfigError, DataError, SkipVAE
+from pyro_skipvae.diagnostics import elbo_terms
+from pyro_skipvae.infer.svi import SVI
+from pyro_skipvae.models import DECODERS, LIKELIHOODS, PRIORS
+from pyro_skipvae.sites import DATA_PLATE, LATENT_SITE, OBSERVED_SITE
+
+DATA_SHAPE = (1, 4, 3)
+NUM_CATEGORIES = 5
+
+
+def synthetic_data(likelihood, n=6):
+    """Synthetic values inside each likelihood's support (shape tests only)."""
+    g = torch.Generator().manual_seed(1)
+    if likelihood == "bernoulli":
+        return torch.bernoulli(torch.full((n, *DATA_SHAPE), 0.5), generator=g)
+    if likelihood == "continuous-bernoulli":
+        return torch.rand((n, *DATA_SHAPE), generator=g)
+    if likelihood == "normal":
+        return torch.randn((n, *DATA_SHAPE), generator=g)
+    if likelihood == "categorical":
+        return torch.randint(NUM_CATEGORIES, (n, *DATA_SHAPE), generator=g)
+    raise AssertionError(f"add synthetic data for the new likelihood {likelihood!r}")
+
+
+def build(prior="normal", likelihood="bernoulli", decoder="mlp", skip=True, latent_dim=3):
+    options = {"num_categories": NUM_CATEGORIES} if likelihood == "categorical" else {}
+    return SkipVAE(
+        DATA_SHAPE, latent_dim=latent_dim, hidden_dims=(8, 8), skip=skip, decoder=decoder,
+        prior=prior, likelihood=likelihood, likelihood_options=options, seed=0,
+    )
+
+
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("decoder", DECODERS.names())
+@pytest.mark.parametrize("likelihood", LIKELIHOODS.names())
+@pytest.mark.parametrize("prior", PRIORS.names())
+def test_sites_shapes_and_a_training_step(prior, likelihood, decoder, skip):
+    vae = build(prior, likelihood, decoder, skip)
+    x = synthetic_data(likelihood)
+    guide_trace = poutine.trace(vae.guide).get_trace(x, size=60)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, size=60)
+    z_site, x_site = model_trace.nodes[LATENT_SITE], model_trace.nodes[OBSERVED_SITE]
+    assert z_site["value"].shape == (6, 3)
+    assert z_site["fn"].event_shape == (3,) and z_site["fn"].batch_shape == (6,)
+    assert guide_trace.nodes[LATENT_SITE]["fn"].event_shape == (3,)
+    assert x_site["fn"].event_shape == DATA_SHAPE and x_site["fn"].batch_shape == (6,)
+    for site in (z_site, x_site, guide_trace.nodes[LATENT_SITE]):
+        frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+        assert len(frames) == 1 and frames[0].dim == -1 and frames[0].full_size == 60
+        assert site["scale"] == 10.0  # minibatch of 6 out of 60
+    elbo, kl = elbo_terms(vae.model, vae.guide, x)
+    assert elbo.shape == kl.shape == (6,) and torch.isfinite(elbo).all()
+    assert (kl >= 0).all() or prior == "mixture"  # MC KL may be negative per point
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    before = [p.detach().clone() for p in vae.model.parameters()]
+    assert torch.isfinite(torch.tensor(svi.step(x, size=60)))
+    changed = [not torch.equal(a, p) for a, p in zip(before, vae.model.parameters())]
+    assert any(changed), "SVI must update the model's own parameters"
+
+
+def test_decoder_accepts_extra_leading_dimensions():
+    vae = build()
+    z = torch.randn(7, 6, 3)
+    assert vae.model.decoder(z).shape == (7, 6, *DATA_SHAPE)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_skip_connections_carry_z_past_the_first_layer(skip):
+    """With the first layer's z weights zeroed, z still changes the output only with skip."""
+    decoder = build(skip=skip).model.decoder
+    with torch.no_grad():
+        decoder.layers[0].weight.zero_()
+    z1, z2 = torch.zeros(1, 3), torch.ones(1, 3)
+    differs = not torch.allclose(decoder(z1), decoder(z2))
+    assert differs == skip
+
+
+def test_skip_has_its_own_weights_per_layer_and_same_sizes_otherwise():
+    skip, plain = build(skip=True).model.decoder, build(skip=False).model.decoder
+    assert [tuple(l.weight.shape) for l in skip.layers] == [tuple(l.weight.shape) for l in plain.layers]
+    # hidden layer 2 and the output layer each get their own U_l
+    assert [tuple(u.weight.shape) for u in skip.skips] == [(8, 3), (12, 3)]
+    assert len(plain.skips) == 0
+
+
+@pytest.mark.parametrize("registry_name", ["prior", "likelihood", "decoder"])
+def test_unknown_names_list_the_valid_ones(registry_name):
+    with pytest.raises(ConfigError, match="expected one of") as info:
+        build(**{registry_name: "nonsense"})
+    assert "nonsense" in str(info.value)
+
+
+def test_objects_can_replace_registry_names():
+    from pyro_skipvae.models.priors import LearnedNormalPrior
+
+    prior = LearnedNormalPrior(3)
+    vae = SkipVAE(DATA_SHAPE, latent_dim=3, hidden_dims=(8,), prior=prior)
+    assert vae.model.prior is prior and vae.config.prior == "custom:LearnedNormalPrior"
+    with pytest.raises(ConfigError, match="pass it again as prior="):
+        SkipVAE.from_config(vae.config)
+    assert SkipVAE.from_config(vae.config, prior=LearnedNormalPrior(3)).model.prior is not prior
+
+
+@pytest.mark.parametrize(
+    "likelihood, values, message",
+    [
+        ("bernoulli", [0.0, 0.5], "binary values"),
+        ("continuous-bernoulli", [0.2, 1.5], r"values in \[0, 1\]"),
+        ("normal", [0.0, float("nan")], "finite values"),
+        ("categorical", [1, 7], r"integers in \[0, 5\)"),
+    ],
+)
+def test_likelihoods_reject_data_outside_their_support(likelihood, values, message):
+    vae = build(likelihood=likelihood)
+    x = synthetic_data(likelihood)
+    x.view(-1)[: len(values)] = torch.tensor(values, dtype=x.dtype)
+    with pytest.raises(DataError, match=message):
+        vae.model.likelihood.validate(x)
+
+
+def test_wrong_feature_shape_is_a_data_error():
+    with pytest.raises(DataError, match=r"expected shape \(N, 1, 4, 3\), found \(6, 12\)"):
+        build().model.likelihood.validate(torch.zeros(6, 12))
+
+
+def test_save_load_round_trip(tmp_path):
+    vae = build(prior="mixture", skip=True)
+    x = synthetic_data("bernoulli")
+    vae.save(tmp_path / "model.pt")
+    loaded = SkipVAE.load(tmp_path / "model.pt")
+    assert loaded.config == vae.config
+    for a, b in zip(vae.model.state_dict().values(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(vae.encode(x)[0], loaded.encode(x)[0])
+    assert torch.equal(vae.reconstruct(x), loaded.reconstruct(x))
+
+
+def test_non_positive_sizes_are_config_errors():
+    with pytest.raises(ConfigError, match="latent_dim must be positive, found 0"):
+        build(latent_dim=0)
+    with pytest.raises(ConfigError, match="hidden_dims"):
+        SkipVAE(DATA_SHAPE, hidden_dims=(8, 0))
