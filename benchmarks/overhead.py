@@ -7,7 +7,7 @@ estimator), and ClippedAdam (lr 1e-3, clip_norm 10). Steps alternate between the
 in one process, repeated, so machine noise hits both alike; the ratio of medians is printed
 last as JSON.
 
-    python benchmarks/overhead.py [--repeats 7] [--steps 30] [--epoch]
+    python benchmarks/overhead.py [--repeats 7] [--steps 30] [--epoch] [--device cuda] [--save]
 
 ``--epoch`` also times one full training epoch (50,000 images, batch 50) through
 ``SkipVAE.fit``.
@@ -19,18 +19,22 @@ import math
 import platform
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyro
+import pyro.infer
 import pyro.optim
 import torch
-import pyro.infer
 from pyro.infer import Trace_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 
 from pyro_skipvae import SkipVAE
 from pyro_skipvae.data import binarize, load_dataset
 from pyro_skipvae.infer.svi import SVI
+
+RESULTS = Path(__file__).parent / "results" / "overhead.jsonl"
 
 
 def torch_step(vae, optimizer, x, size):
@@ -51,9 +55,13 @@ def torch_step(vae, optimizer, x, size):
 
 
 def time_steps(step, batches):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     started = time.perf_counter()
     for x in batches:
         step(x)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return (time.perf_counter() - started) / len(batches)
 
 
@@ -63,16 +71,18 @@ def main():
     parser.add_argument("--steps", type=int, default=30, help="steps per timed block")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--epoch", action="store_true", help="also time one full MNIST epoch")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--save", action="store_true", help=f"append the JSON result to {RESULTS}")
     args = parser.parse_args()
 
     splits = load_dataset("mnist")
     size = splits.train.shape[0]
     generator = torch.Generator().manual_seed(0)
     data = binarize(splits.train, "dynamic", generator)
-    batches = [data[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.steps)]
+    batches = [data[i * args.batch_size : (i + 1) * args.batch_size].to(args.device) for i in range(args.steps)]
 
     def make_svi(svi_class):
-        vae = SkipVAE(splits.data_shape, seed=0)
+        vae = SkipVAE(splits.data_shape, seed=0, device=args.device)
         optim = pyro.optim.ClippedAdam({"lr": 1e-3, "clip_norm": 10.0})
         svi = svi_class(vae.model, vae.guide, optim, Trace_ELBO())
 
@@ -82,7 +92,7 @@ def main():
 
         return step
 
-    torch_vae = SkipVAE(splits.data_shape, seed=0)
+    torch_vae = SkipVAE(splits.data_shape, seed=0, device=args.device)
     params = list(torch_vae.model.parameters()) + list(torch_vae.guide.parameters())
     optimizer = ClippedAdam(params, lr=1e-3, clip_norm=10.0)
     steps = {
@@ -109,7 +119,7 @@ def main():
     ratio = rows["pyro"] / rows["torch"]
     ratios = [p / t for p, t in zip(times["pyro"], times["torch"])]
     stock_ratio = rows["stock"] / rows["torch"]
-    print(f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(f"device {args.device}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, torch threads {torch.get_num_threads()}")
     print(f"{'path':<8} {'median ms/step':>15} {'min':>8} {'max':>8}")
     for name, t in times.items():
         print(f"{name:<8} {1e3 * rows[name]:>15.2f} {1e3 * min(t):>8.2f} {1e3 * max(t):>8.2f}")
@@ -122,16 +132,21 @@ def main():
         "pyro_ms_per_step": round(1e3 * rows["pyro"], 3),
         "torch_ms_per_step": round(1e3 * rows["torch"], 3),
         "batch_size": args.batch_size,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }
     if args.epoch:
-        vae = SkipVAE(splits.data_shape, seed=0)
+        vae = SkipVAE(splits.data_shape, seed=0, device=args.device)
         started = time.perf_counter()
         history = vae.fit(splits.train, val=splits.val, num_epochs=1, binarize="dynamic")
         result["seconds_per_epoch"] = round(time.perf_counter() - started, 1)
         result["epoch_val_elbo"] = round(history[-1]["val_elbo"], 2)
         assert math.isfinite(result["epoch_val_elbo"])
+    if args.save:
+        result["command"] = "python benchmarks/overhead.py " + " ".join(sys.argv[1:])
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(result) + "\n")
     print(json.dumps(result))
 
 

@@ -224,7 +224,8 @@ class SkipVAE:
                 f"expected kl_warmup_epochs >= 0 and 0 < kl_start <= 1, found {kl_warmup_epochs} and {kl_start}"
             )
         train_data = self._prepare_data(train_data, binarize, "training data", for_training=True)
-        val = None if val is None else self._prepare_data(val, binarize, "validation data")
+        if val is not None:
+            val = self._prepare_data(val, binarize, "validation data").to(self.device)
         config = _plain(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -374,6 +375,15 @@ class SkipVAE:
             self.model, self.guide, data.to(self.device), batch_size=batch_size, num_particles=num_particles
         )
         return {"elbo": result["elbo"], "kl": result["kl"]}
+
+    def diagnose(self, data, **options) -> dict:
+        """Collapse diagnostics of this model on ``data`` (already in the likelihood's support):
+        ELBO, KL, full-set MI, aggregate KL, active units, IW-NLL with Pareto k̂ and, given
+        labels, posterior-mean accuracy. Options and result: :func:`pyro_skipvae.diagnostics.diagnose`."""
+        from .diagnostics.report import diagnose
+
+        self.model.likelihood.validate(data)
+        return diagnose(self.model, self.guide, data.to(self.device), **options)
 
     @torch.no_grad()
     def encode(self, x):
