@@ -109,3 +109,16 @@ def test_installed_command_help():
     result = subprocess.run([skipvae_executable(), "fit", "--help"], capture_output=True, text=True, check=True)
     for flag in ("--skip / --no-skip", "--latent-dim", "--hidden-dims", "--kl-warmup-epochs", "--train-size", "--resume", "--device"):
         assert flag in result.stdout
+
+
+@pytest.mark.slow
+def test_full_mnist_epoch_trains_skip_and_plain_vaes(tmp_path, data_dir):
+    """One epoch on all 50,000 training images through the CLI, for both decoders:
+    the bound must already be far above the ~-543 nats of an untrained model
+    (784 · log 2) and neither model may have collapsed (KL well above 0)."""
+    for skip in ("--skip", "--no-skip"):
+        out = tmp_path / skip
+        result = run_cli("fit", "--data-dir", str(data_dir), "--num-epochs", "1", "--quiet", skip, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        assert record["val_elbo"] > -160 and record["val_kl"] > 5, record
