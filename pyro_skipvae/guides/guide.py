@@ -3,7 +3,7 @@
 import pyro
 import pyro.distributions as dist
 from pyro import poutine
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, pyro_method
 
 from ..sites import LATENT_SITE, data_plate
 from .encoders import Encoder
@@ -23,6 +23,10 @@ class Guide(PyroModule):
         super().__init__()
         self.encoder = encoder
 
+    # pyro_method: called directly (not through forward), a PyroModule would not register
+    # the encoder's parameters with Pyro, so an inference that reads λ₀ here (semi-amortized
+    # SVI) would never see, and never train, them.
+    @pyro_method
     def local_params(self, x):
         """The encoder's variational parameters λ₀ = (μ, log σ) for the batch ``x``."""
         return self.encoder(x)

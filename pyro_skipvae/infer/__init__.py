@@ -3,5 +3,7 @@
 from .annealing import LinearWarmup
 from .elbos import ELBOS, INFERENCES
 from .fit import train
+from .semi_amortized import MODES as SEMI_AMORTIZED_MODES
+from .semi_amortized import SemiAmortizedSVI
 
-__all__ = ["ELBOS", "INFERENCES", "LinearWarmup", "train"]
+__all__ = ["ELBOS", "INFERENCES", "LinearWarmup", "SEMI_AMORTIZED_MODES", "SemiAmortizedSVI", "train"]
