@@ -85,7 +85,7 @@ def test_skip_connections_carry_z_past_the_first_layer(skip):
 
 def test_skip_has_its_own_weights_per_layer_and_same_sizes_otherwise():
     skip, plain = build(skip=True).model.decoder, build(skip=False).model.decoder
-    assert [tuple(l.weight.shape) for l in skip.layers] == [tuple(l.weight.shape) for l in plain.layers]
+    assert [tuple(m.weight.shape) for m in skip.layers] == [tuple(m.weight.shape) for m in plain.layers]
     # hidden layer 2 and the output layer each get their own U_l
     assert [tuple(u.weight.shape) for u in skip.skips] == [(8, 3), (12, 3)]
     assert len(plain.skips) == 0

@@ -1,0 +1,154 @@
+"""Pictures of a fitted model: latent embedding, reconstructions, prior samples, per-dimension
+KL and latent traversals. Each function takes tensors/arrays and returns a matplotlib
+``Figure`` (Agg backend, no display needed); :func:`save_figure` writes a PNG atomically.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _np(a):
+    return a.detach().cpu().double().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=float)
+
+
+def is_image_shape(data_shape) -> bool:
+    """True for ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)``."""
+    shape = tuple(data_shape)
+    return len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))
+
+
+def _to_image(x):
+    x = _np(x)
+    if x.ndim == 3:
+        x = x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0))
+    return np.clip(x, 0, 1)
+
+
+def plot_embedding(codes, labels=None, *, method="tsne", max_points=3000, seed=0, title=None):
+    """2-D map of posterior means coloured by label: t-SNE (default) or PCA.
+
+    t-SNE is O(n log n) but slow on 2 cores beyond a few thousand points, so at most
+    ``max_points`` points (the first ones) are embedded; the title says how many.
+    """
+    codes = _np(codes)[:max_points]
+    labels = None if labels is None else _np(labels)[:max_points]
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(codes) - 1) // 3)))
+        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+        name = f"t-SNE (perplexity {perplexity:g})"
+    elif method == "pca":
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2, random_state=seed).fit(codes)
+        xy = pca.transform(codes)
+        name = f"PCA ({100 * pca.explained_variance_ratio_.sum():.0f}% of variance)"
+    else:
+        raise ValueError(f"unknown embedding method {method!r}; expected 'tsne' or 'pca'")
+    fig, ax = plt.subplots(figsize=(7, 6.5))
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6)
+    else:
+        classes = np.unique(labels)
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, c in enumerate(classes):
+            mask = labels == c
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=4, alpha=0.7, color=cmap(i % cmap.N), label=f"{c:g}")
+        ax.legend(title="label", markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"Posterior means, {name}, {len(codes)} points")
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_rows(rows, *, row_labels=None, title=None, col_labels=None):
+    """A grid of images: ``rows`` is a list of tensors of shape ``(n_cols, *image_shape)``."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    size = 0.9
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols + 1.2, size * n_rows + 0.6), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(row):
+                ax.imshow(_to_image(row[j]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if j == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=9)
+            if i == 0 and col_labels is not None:
+                ax.set_title(col_labels[j], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reconstructions(originals, reconstructions, *, num_columns=10, title=None):
+    """Pairs of rows: originals above their reconstructions (decoded posterior means)."""
+    rows, labels = [], []
+    for start in range(0, len(originals), num_columns):
+        rows += [originals[start : start + num_columns], reconstructions[start : start + num_columns]]
+        labels += ["data", "recon."]
+    return plot_image_rows(rows, row_labels=labels, title=title or "Data and reconstructions (mean of p(x|E[z|x]))")
+
+
+def plot_samples(samples, *, num_columns=10, title=None):
+    """Decoded samples from the prior, ``num_columns`` a row."""
+    rows = [samples[s : s + num_columns] for s in range(0, len(samples), num_columns)]
+    return plot_image_rows(rows, title=title or "Samples from the prior (mean of p(x|z), z ~ p(z))")
+
+
+def plot_kl_per_dimension(kl_per_dim, *, variances=None, threshold=0.01, title=None):
+    """Bars of E_x KL(q(z_d|x) ‖ p(z_d)) per dimension, active units (Var_x E[z_d|x] > δ)
+    in a strong colour, inactive ones in grey."""
+    kl = _np(kl_per_dim)
+    d = np.arange(len(kl))
+    active = np.ones(len(kl), bool) if variances is None else _np(variances) > threshold
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(kl) + 2), 3.8))
+    ax.bar(d[active], kl[active], color="tab:blue", label=f"active (Var E[z_d|x] > {threshold:g})")
+    if (~active).any():
+        ax.bar(d[~active], kl[~active], color="0.7", label="inactive")
+    ax.set_xlabel("latent dimension d")
+    ax.set_ylabel("KL (nats)")
+    ax.set_xlim(-0.7, len(kl) - 0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"KL per dimension: total {kl.sum():.2f} nats, {int(active.sum())} of {len(kl)} active")
+    fig.tight_layout()
+    return fig
+
+
+def plot_traversals(images, dims, values, *, title=None):
+    """Latent traversals: ``images[i, j]`` decodes z with dimension ``dims[i]`` set to ``values[j]``."""
+    rows = [images[i] for i in range(len(dims))]
+    return plot_image_rows(
+        rows, row_labels=[f"z{d}" for d in dims], col_labels=[f"{v:+.1f}" for v in values],
+        title=title or "Latent traversals (others at a datapoint's posterior mean)",
+    )
+
+
+def save_figure(fig, path, *, dpi=110) -> None:
+    """Write ``fig`` as a PNG at ``path`` atomically (temp file in the same folder, then
+    ``os.replace``) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
