@@ -36,6 +36,9 @@ def handle_errors(command):
             _fail(str(e), 2)
         except SkipVAEError as e:
             _fail(str(e), 1)
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+            sys.stderr.close()
+            sys.exit(0)
         except KeyboardInterrupt:
             _fail("interrupted; the last completed epoch's checkpoint is intact (use --resume)", 130)
         except Exception as e:  # a bug or an environment failure: still no traceback by default
@@ -109,7 +112,7 @@ def cli(verbose):
 @click.option("--seed", type=int, default=0)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory [default: runs/<dataset>-<skip-vae|vae>-z<latent-dim>]")
+              help="Run directory [default: runs/<dataset>-<skip-vae|vae|skip-sa-vae|sa-vae>-z<latent-dim>]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
@@ -132,7 +135,8 @@ def fit(dataset, data_dir, decoder, skip, latent_dim, hidden_dims, prior, likeli
     if binarize is None:
         binarize = "dynamic" if dataset in IMAGE_DATASETS else "none"
     if run_dir is None:
-        run_dir = os.path.join("runs", f"{splits.name}-{'skip-vae' if skip else 'vae'}-z{latent_dim}")
+        kind = ("skip-" if skip else "") + ("sa-vae" if inference == "semi-amortized" else "vae")
+        run_dir = os.path.join("runs", f"{splits.name}-{kind}-z{latent_dim}")
     vae = SkipVAE(
         splits.data_shape, latent_dim=latent_dim, hidden_dims=hidden_dims, skip=skip, decoder=decoder,
         prior=prior, likelihood=likelihood, device=device, seed=seed,
@@ -152,7 +156,7 @@ def fit(dataset, data_dir, decoder, skip, latent_dim, hidden_dims, prior, likeli
         f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, validation ELBO "
         f"{last['val_elbo']:.2f} nats, KL {last['val_kl']:.2f} nats "
         f"(best validation ELBO {best['val_elbo']:.2f} at epoch {best['epoch']}; "
-        f"{sum(r['seconds'] for r in history if 'seconds' in r):.0f} s)"
+        f"{sum(r['seconds'] for r in history):.0f} s)"
     )
     if "val_elbo_refined" in last:
         click.echo(

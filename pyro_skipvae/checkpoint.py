@@ -9,6 +9,7 @@ import json
 import os
 import random
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +18,27 @@ import torch
 from .errors import CheckpointError
 
 
-def _atomic_write(path, write):
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary file name beside ``path``; when the block succeeds, flush the file
+    to disk and rename it over ``path``. For writers that want a file name (netCDF, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def _atomic_write(path, write):
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def atomic_save(obj, path) -> None:

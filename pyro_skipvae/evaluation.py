@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 from pyro import poutine
+from pyro.infer import Trace_ELBO
 
 from . import checkpoint
-from .data import binarize as binarize_data
-from .data import load_dataset
+from .data import EVAL_BINARIZATION_SEED, binarize_for_evaluation, load_dataset
 from .diagnostics.report import (
     compare_table,
     diagnose,
@@ -25,7 +25,8 @@ from .diagnostics.report import (
     write_netcdf,
 )
 from .errors import CheckpointError, ConfigError, DataError
-from .skip_vae import BEST_FILE, CONFIG_FILE, EVAL_BINARIZATION_SEED, SkipVAE
+from .infer.semi_amortized import SemiAmortizedSVI
+from .skip_vae import BEST_FILE, CONFIG_FILE, SkipVAE
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,6 @@ def _read_config(run_dir: Path) -> dict:
         raise CheckpointError(f"{path} is unreadable ({e})") from None
 
 
-def _binarize_once(x, mode):
-    # Fixed seed: every run is scored on the same binary images (as validation is in fit).
-    return binarize_data(x.float(), mode, torch.Generator().manual_seed(EVAL_BINARIZATION_SEED))
-
-
 def refined_guide(vae, num_refine_steps, config=None):
     """The guide with semi-amortized refinement of its local parameters (Kim et al. 2018).
 
@@ -57,12 +53,6 @@ def refined_guide(vae, num_refine_steps, config=None):
     ``inference_options`` when it was trained semi-amortized, else
     :class:`~pyro_skipvae.infer.semi_amortized.SemiAmortizedSVI`'s defaults.
     """
-    try:
-        from pyro.infer import Trace_ELBO
-
-        from .infer.semi_amortized import SemiAmortizedSVI
-    except ImportError as e:  # pragma: no cover - the module ships with the package now
-        raise ConfigError(f"--refine-steps needs semi-amortized inference, which is unavailable ({e})") from None
     train = (config or {}).get("train", {})
     options = {k: v for k, v in (train.get("inference_options") or {}).items()
                if k in ("refine_lr", "refine_momentum", "refine_max_grad_norm", "mode")}
@@ -152,14 +142,14 @@ def diagnose_run(
     data, labels = splits.split(split)
     if eval_size is not None:
         data, labels = data[:eval_size], None if labels is None else labels[:eval_size]
-    data = _binarize_once(data, mode) if mode != "none" else data
+    data = binarize_for_evaluation(data, mode) if mode != "none" else data
     vae.model.likelihood.validate(data, f"{split} data")
     train_data, train_labels = splits.train, splits.train_labels
     if classifier_train_size is not None:
         train_data = train_data[:classifier_train_size]
         train_labels = None if train_labels is None else train_labels[:classifier_train_size]
     if labels is not None and train_labels is not None:
-        train_data = _binarize_once(train_data, mode) if mode != "none" else train_data
+        train_data = binarize_for_evaluation(train_data, mode) if mode != "none" else train_data
     else:
         train_data = train_labels = None
 

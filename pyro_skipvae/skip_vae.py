@@ -20,9 +20,9 @@ import pyro.optim
 import torch
 
 from . import checkpoint
-from .data import BINARIZATIONS
+from .data import BINARIZATIONS, binarize_for_evaluation
 from .data import binarize as binarize_data
-from .diagnostics.elbo import evaluate_elbo
+from .diagnostics import diagnose, evaluate_elbo
 from .errors import CheckpointError, ConfigError, DataError
 from .guides import ENCODERS, Guide
 from .infer import ELBOS, INFERENCES, LinearWarmup, train
@@ -40,9 +40,6 @@ CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE = (
 # Options that may change between a run and its resumption without changing the result
 # of the epochs already done.
 RESUMABLE_CHANGES = {("train", "num_epochs"), ("run", "device")}
-# Validation data are binarised once with this fixed seed, so every run (whatever its own
-# seed) is scored on the same binary images.
-EVAL_BINARIZATION_SEED = 0
 
 
 @dataclass
@@ -323,7 +320,7 @@ class SkipVAE:
         self.model.likelihood.validate(binarize_data(x, "threshold"), name)
         if for_training and mode == "dynamic":
             return x  # binarised afresh every epoch
-        return binarize_data(x, mode, torch.Generator().manual_seed(EVAL_BINARIZATION_SEED))
+        return binarize_for_evaluation(x, mode)
 
     # ------------------------------------------------------------------ run directories
     def _start_run(self, run_dir: Path, config: dict, resume: bool):
@@ -380,8 +377,6 @@ class SkipVAE:
         """Collapse diagnostics of this model on ``data`` (already in the likelihood's support):
         ELBO, KL, full-set MI, aggregate KL, active units, IW-NLL with Pareto k̂ and, given
         labels, posterior-mean accuracy. Options and result: :func:`pyro_skipvae.diagnostics.diagnose`."""
-        from .diagnostics.report import diagnose
-
         self.model.likelihood.validate(data)
         return diagnose(self.model, self.guide, data.to(self.device), **options)
 

@@ -24,6 +24,15 @@ def _fresh_pyro():
     pyro.clear_param_store()
 
 
+@pytest.fixture
+def float64():
+    """Default dtype float64 for the test (numerical checks against closed forms)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     """The real data folder; the suite fails (does not skip) without it."""

@@ -36,16 +36,8 @@ from pyro_skipvae.diagnostics.report import per_datapoint_dataset, write_netcdf
 from pyro_skipvae.errors import ConfigError, DataError
 from pyro_skipvae.sites import data_plate
 
-
-@pytest.fixture(autouse=True)
-def float64_and_clean_store():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    torch.set_default_dtype(old)
-    pyro.clear_param_store()
+# float64 throughout; conftest also clears the param store and seeds every test.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ---------------------------------------------------------------- linear-Gaussian pieces

@@ -27,15 +27,8 @@ from pyro_skipvae.models.priors import StandardNormalPrior
 D, P, NOISE = 2, 5, 1.0
 
 
-@pytest.fixture(autouse=True)
-def float64_and_clean_store():
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-    torch.set_default_dtype(dtype)
+# float64 throughout; conftest also clears the param store and seeds every test.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 class LinearDecoder(Decoder):

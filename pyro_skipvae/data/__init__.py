@@ -20,6 +20,9 @@ IMAGE_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: number of training images held out for validation (the last ones), as in the papers' code
 NUM_VALIDATION = 10_000
 BINARIZATIONS = ("dynamic", "threshold", "none")
+#: evaluation data are binarised once with this fixed seed, so every run (whatever its own
+#: seed) is scored on the same binary images
+EVAL_BINARIZATION_SEED = 0
 
 
 @dataclass
@@ -121,11 +124,19 @@ def binarize(x: torch.Tensor, mode: str, generator: torch.Generator | None = Non
     raise ConfigError(f"unknown binarization {mode!r}; expected one of: {', '.join(BINARIZATIONS)}")
 
 
+def binarize_for_evaluation(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """:func:`binarize` with the fixed seed :data:`EVAL_BINARIZATION_SEED`: the same binary
+    images on every call, for validation and test scores comparable across runs."""
+    return binarize(x.float(), mode, torch.Generator().manual_seed(EVAL_BINARIZATION_SEED))
+
+
 __all__ = [
     "BINARIZATIONS",
+    "EVAL_BINARIZATION_SEED",
     "DataSplits",
     "IMAGE_DATASETS",
     "binarize",
+    "binarize_for_evaluation",
     "load_dataset",
     "resolve_data_dir",
 ]

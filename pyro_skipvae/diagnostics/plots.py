@@ -3,9 +3,6 @@ KL and latent traversals. Each function takes tensors/arrays and returns a matpl
 ``Figure`` (Agg backend, no display needed); :func:`save_figure` writes a PNG atomically.
 """
 
-import os
-import tempfile
-from pathlib import Path
 
 import matplotlib
 
@@ -13,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from ..checkpoint import atomic_path  # noqa: E402
 
 
 def _np(a):
@@ -139,16 +138,9 @@ def plot_traversals(images, dims, values, *, title=None):
 
 
 def save_figure(fig, path, *, dpi=110) -> None:
-    """Write ``fig`` as a PNG at ``path`` atomically (temp file in the same folder, then
-    ``os.replace``) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    """Write ``fig`` as a PNG at ``path`` atomically and close it."""
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -12,8 +12,6 @@ import csv
 import io
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from ..checkpoint import atomic_path
 from ..sites import LATENT_SITE, OBSERVED_SITE
 from . import plots
 from .classify import CLASSIFIERS, classification_accuracy
@@ -297,16 +296,8 @@ def per_datapoint_dataset(result, *, attrs=None):
 
 def write_netcdf(dataset, path) -> None:
     """Write an xarray Dataset as netCDF4 (h5netcdf engine) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nc")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         dataset.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _cell(metrics, key, digits=2):
