@@ -102,6 +102,8 @@ def cli(verbose):
 @click.option("--num-epochs", type=POSITIVE, default=10)
 @click.option("--batch-size", type=POSITIVE, default=50)
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3)
+@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Clamp every gradient element to ±this (ClippedAdam) [default: no clipping]")
 @click.option("--kl-warmup-epochs", type=click.FloatRange(min=0), default=10.0,
               help="Epochs over which β rises linearly from --kl-start to 1 (0: no warm-up).")
 @click.option("--kl-start", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1)
@@ -118,7 +120,7 @@ def cli(verbose):
 @handle_errors
 def fit(dataset, data_dir, decoder, skip, latent_dim, hidden_dims, prior, likelihood, elbo, inference,
         num_refine_steps, refine_lr, refine_momentum, sa_mode, num_epochs, batch_size, learning_rate,
-        kl_warmup_epochs, kl_start, binarize, train_size, val_size, seed, device, run_dir, resume, quiet):
+        clip_norm, kl_warmup_epochs, kl_start, binarize, train_size, val_size, seed, device, run_dir, resume, quiet):
     """Fit a (skip-)VAE and write config.json, checkpoint.pt, best.pt and metrics.jsonl."""
     inference_options = {
         key: value
@@ -143,7 +145,7 @@ def fit(dataset, data_dir, decoder, skip, latent_dim, hidden_dims, prior, likeli
     )
     history = vae.fit(
         splits.train, val=splits.val, num_epochs=num_epochs, batch_size=batch_size,
-        learning_rate=learning_rate, kl_warmup_epochs=kl_warmup_epochs, kl_start=kl_start, elbo=elbo,
+        learning_rate=learning_rate, clip_norm=clip_norm, kl_warmup_epochs=kl_warmup_epochs, kl_start=kl_start, elbo=elbo,
         inference=inference, inference_options=inference_options, binarize=binarize, seed=seed,
         run_dir=run_dir, resume=resume, progress=not quiet,
         run_info={"dataset": splits.name, "train_size": train_size, "val_size": val_size},

