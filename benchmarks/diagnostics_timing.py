@@ -62,7 +62,9 @@ def time_latent(model, guide, data, chunk_size):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--num-points", type=int, default=10_000)
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--chunk-size", type=int, default=500)
@@ -103,38 +105,48 @@ def main():
         # 2. IW-NLL
         m = args.nll_size
         tic = time.perf_counter()
-        result = importance_sample(vae.model, vae.guide, test[:m], num_samples=args.num_samples, keep_log_weights=False)
+        result = importance_sample(
+            vae.model, vae.guide, test[:m], num_samples=args.num_samples, keep_log_weights=False
+        )
         seconds = time.perf_counter() - tic
         full = seconds * len(test) / m
-        how = "measured" if m >= len(test) else f"extrapolated ×{len(test) / m:g} from {m} images ({seconds:.0f} s)"
+        how = (
+            "measured"
+            if m >= len(test)
+            else f"extrapolated ×{len(test) / m:g} from {m} images ({seconds:.0f} s)"
+        )
         lines.append(
             f"| IW-NLL K={args.num_samples} (with Pareto k̂), MLP model, MNIST test | {len(test)} images | "
             f"{full / 60:.1f} min ({how}) | < 15 min | NLL {result.nll.mean():.2f} nats on the {m} images |"
         )
         print(lines[-1], flush=True)
 
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    text = "\n".join([
-        "# Diagnostics timing",
-        "",
-        f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-        f"- commit: `{head}` (plus uncommitted work in progress)",
-        f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads",
-        f"- load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
-        f"after: {'/'.join(f'{v:.1f}' for v in os.getloadavg())} (other jobs share these 2 cores)",
-        f"- peak resident memory of the process: {rss:.0f} MB; the N × N pass holds at most "
-        f"max(chunk, 500) × N float64 values at a time ({max(args.chunk_size, 500) * n * 8 / 2**20:.0f} MB)",
-        "",
-        "| what | size | time | target | result |",
-        "|---|---|---|---|---|",
-        *lines,
-        "",
-        "Full IW-NLL run (no extrapolation): "
-        f"`python benchmarks/diagnostics_timing.py --run-dir {args.run_dir or 'RUN_DIR'} --nll-size 10000`",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Diagnostics timing",
+            "",
+            f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
+            f"- commit: `{head}` (plus uncommitted work in progress)",
+            f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads",
+            f"- load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
+            f"after: {'/'.join(f'{v:.1f}' for v in os.getloadavg())} (other jobs share these 2 cores)",
+            f"- peak resident memory of the process: {rss:.0f} MB; the N × N pass holds at most "
+            f"max(chunk, 500) × N float64 values at a time ({max(args.chunk_size, 500) * n * 8 / 2**20:.0f} MB)",
+            "",
+            "| what | size | time | target | result |",
+            "|---|---|---|---|---|",
+            *lines,
+            "",
+            "Full IW-NLL run (no extrapolation): "
+            f"`python benchmarks/diagnostics_timing.py --run-dir {args.run_dir or 'RUN_DIR'} --nll-size 10000`",
+            "",
+        ]
+    )
     atomic_write_text(args.out, text)
     print(f"written to {args.out}")
 

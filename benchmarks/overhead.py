@@ -44,7 +44,11 @@ def torch_step(vae, optimizer, x, size):
     scale = log_scale.exp()
     z = loc + scale * torch.randn_like(loc)
     logits = decoder(z)
-    log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
+    log_lik = (
+        -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        .flatten(1)
+        .sum(-1)
+    )
     log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
     log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     loss = -(size / x.shape[0]) * (log_lik + log_p - log_q).sum()
@@ -66,7 +70,9 @@ def time_steps(step, batches):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=30, help="steps per timed block")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -79,7 +85,10 @@ def main():
     size = splits.train.shape[0]
     generator = torch.Generator().manual_seed(0)
     data = binarize(splits.train, "dynamic", generator)
-    batches = [data[i * args.batch_size : (i + 1) * args.batch_size].to(args.device) for i in range(args.steps)]
+    batches = [
+        data[i * args.batch_size : (i + 1) * args.batch_size].to(args.device)
+        for i in range(args.steps)
+    ]
 
     def make_svi(svi_class):
         vae = SkipVAE(splits.data_shape, seed=0, device=args.device)
@@ -119,7 +128,9 @@ def main():
     ratio = rows["pyro"] / rows["torch"]
     ratios = [p / t for p, t in zip(times["pyro"], times["torch"])]
     stock_ratio = rows["stock"] / rows["torch"]
-    print(f"device {args.device}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(
+        f"device {args.device}, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'path':<8} {'median ms/step':>15} {'min':>8} {'max':>8}")
     for name, t in times.items():
         print(f"{name:<8} {1e3 * rows[name]:>15.2f} {1e3 * min(t):>8.2f} {1e3 * max(t):>8.2f}")
@@ -134,7 +145,9 @@ def main():
         "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
     }
     if args.epoch:
         vae = SkipVAE(splits.data_shape, seed=0, device=args.device)

@@ -53,8 +53,15 @@ def run_one(args):
     splits = load_dataset("mnist")
     size = splits.train.shape[0]
     device = torch.device(args.device)
-    data = binarize(splits.train[: args.batch_size * (args.steps + 2)], "dynamic", torch.Generator().manual_seed(0))
-    batches = [data[i * args.batch_size : (i + 1) * args.batch_size].to(device) for i in range(args.steps + 2)]
+    data = binarize(
+        splits.train[: args.batch_size * (args.steps + 2)],
+        "dynamic",
+        torch.Generator().manual_seed(0),
+    )
+    batches = [
+        data[i * args.batch_size : (i + 1) * args.batch_size].to(device)
+        for i in range(args.steps + 2)
+    ]
     vae = SkipVAE(splits.data_shape, seed=0, device=args.device)
     optim = pyro.optim.ClippedAdam({"lr": 1e-3, "clip_norm": math.inf})
     if args.method == "svi":
@@ -62,7 +69,12 @@ def run_one(args):
     else:
         mode = "svi" if args.method == "svi-mode" else args.method
         inference = SemiAmortizedSVI(
-            vae.model, vae.guide, optim, Trace_ELBO(), mode=mode, num_refine_steps=args.num_refine_steps
+            vae.model,
+            vae.guide,
+            optim,
+            Trace_ELBO(),
+            mode=mode,
+            num_refine_steps=args.num_refine_steps,
         )
 
     def step(x):
@@ -91,20 +103,35 @@ def run_one(args):
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    print(json.dumps({"method": args.method, "ms": 1e3 * statistics.median(times),
-                      "ms_min": 1e3 * min(times), "ms_max": 1e3 * max(times), "peak_mib": peak,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__, "pyro": pyro.__version__}))
+    print(
+        json.dumps(
+            {
+                "method": args.method,
+                "ms": 1e3 * statistics.median(times),
+                "ms_min": 1e3 * min(times),
+                "ms_max": 1e3 * max(times),
+                "peak_mib": peak,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "pyro": pyro.__version__,
+            }
+        )
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-refine-steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed block")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "semi_amortized.md"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "semi_amortized.md")
+    )
     parser.add_argument("--method", help=argparse.SUPPRESS)  # internal: run one row in this process
     args = parser.parse_args()
     if args.method:
@@ -113,7 +140,9 @@ def main():
     rows = []
     for method in args.methods.split(","):
         command = [sys.executable, __file__, "--method", method] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("method", "methods", "out")
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in vars(args).items()
+            if k not in ("method", "methods", "out")
         ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -143,8 +172,14 @@ def main():
     ]
     for r in rows:
         ratio = f"{r['ms'] / base:.1f}" if base else "–"
-        name = "svi (amortized)" if r["method"] == "svi" else f"semi-amortized {r['method'].replace('svi-mode', 'svi')}"
-        lines.append(f"| {name} | {r['ms']:.1f} | {r['ms_min']:.1f}–{r['ms_max']:.1f} | {ratio} | {r['peak_mib']:.0f} |")
+        name = (
+            "svi (amortized)"
+            if r["method"] == "svi"
+            else f"semi-amortized {r['method'].replace('svi-mode', 'svi')}"
+        )
+        lines.append(
+            f"| {name} | {r['ms']:.1f} | {r['ms_min']:.1f}–{r['ms_max']:.1f} | {ratio} | {r['peak_mib']:.0f} |"
+        )
     lines += [
         "",
         "Peak memory: on CPU, growth of the process's peak RSS over its RSS before the first step "

@@ -39,7 +39,9 @@ def _read_config(run_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{run_dir} is not a run directory: expected {CONFIG_FILE} there") from None
+        raise CheckpointError(
+            f"{run_dir} is not a run directory: expected {CONFIG_FILE} there"
+        ) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path} is unreadable ({e})") from None
 
@@ -54,11 +56,19 @@ def refined_guide(vae, num_refine_steps, config=None):
     :class:`~pyro_skipvae.infer.semi_amortized.SemiAmortizedSVI`'s defaults.
     """
     train = (config or {}).get("train", {})
-    options = {k: v for k, v in (train.get("inference_options") or {}).items()
-               if k in ("refine_lr", "refine_momentum", "refine_max_grad_norm", "mode")}
+    options = {
+        k: v
+        for k, v in (train.get("inference_options") or {}).items()
+        if k in ("refine_lr", "refine_momentum", "refine_max_grad_norm", "mode")
+    }
     refiner = SemiAmortizedSVI(
-        vae.model, vae.guide, None, Trace_ELBO(), num_refine_steps=int(num_refine_steps),
-        refine_batch_size=int(train.get("batch_size", 50)), **options,
+        vae.model,
+        vae.guide,
+        None,
+        Trace_ELBO(),
+        num_refine_steps=int(num_refine_steps),
+        refine_batch_size=int(train.get("batch_size", 50)),
+        **options,
     )
 
     def guide(x, **kwargs):
@@ -69,9 +79,14 @@ def refined_guide(vae, num_refine_steps, config=None):
         local = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
         return vae.guide(x, local_params=local, **kwargs)
 
-    settings = {"num_refine_steps": int(num_refine_steps), "refine_batch_size": refiner.refine_batch_size,
-                "refine_lr": refiner.refine_lr, "refine_momentum": refiner.refine_momentum,
-                "refine_max_grad_norm": refiner.refine_max_grad_norm, "mode": refiner.mode}
+    settings = {
+        "num_refine_steps": int(num_refine_steps),
+        "refine_batch_size": refiner.refine_batch_size,
+        "refine_lr": refiner.refine_lr,
+        "refine_momentum": refiner.refine_momentum,
+        "refine_max_grad_norm": refiner.refine_max_grad_norm,
+        "mode": refiner.mode,
+    }
     return guide, settings
 
 
@@ -124,14 +139,20 @@ def diagnose_run(
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be a positive integer, found {value}")
     if num_samples < 0 or refine_steps < 0:
-        raise ConfigError(f"num_samples and refine_steps must be >= 0, found {num_samples} and {refine_steps}")
+        raise ConfigError(
+            f"num_samples and refine_steps must be >= 0, found {num_samples} and {refine_steps}"
+        )
     run_dir = Path(run_dir)
     if not (run_dir / BEST_FILE).is_file():
-        raise CheckpointError(f"{run_dir} holds no {BEST_FILE}: expected a run directory written by `skipvae fit`")
+        raise CheckpointError(
+            f"{run_dir} holds no {BEST_FILE}: expected a run directory written by `skipvae fit`"
+        )
     config = _read_config(run_dir)
     run = config.get("run", {})
     if "dataset" not in run:
-        raise CheckpointError(f"{run_dir / CONFIG_FILE} does not name the run's data set (run.dataset)")
+        raise CheckpointError(
+            f"{run_dir / CONFIG_FILE} does not name the run's data set (run.dataset)"
+        )
     dataset = run["dataset"]
     mode = config.get("train", {}).get("binarize", "none")
     vae = SkipVAE.load(run_dir, device=device)
@@ -158,26 +179,48 @@ def diagnose_run(
         guide, refinement = refined_guide(vae, refine_steps, config)
     dev = vae.device
     result = diagnose(
-        vae.model, guide, data.to(dev), labels=labels,
-        train_data=None if train_data is None else train_data.to(dev), train_labels=train_labels,
-        num_samples=num_samples, au_threshold=au_threshold, keep_log_weights=keep_log_weights,
-        seed=seed, progress=progress,
+        vae.model,
+        guide,
+        data.to(dev),
+        labels=labels,
+        train_data=None if train_data is None else train_data.to(dev),
+        train_labels=train_labels,
+        num_samples=num_samples,
+        au_threshold=au_threshold,
+        keep_log_weights=keep_log_weights,
+        seed=seed,
+        progress=progress,
     )
     metrics = result["metrics"]
     metrics.update(
-        run_dir=str(run_dir), dataset=dataset, split=split, binarize=mode,
+        run_dir=str(run_dir),
+        dataset=dataset,
+        split=split,
+        binarize=mode,
         binarization_seed=EVAL_BINARIZATION_SEED if mode == "dynamic" else None,
-        refine_steps=int(refine_steps), inference="semi-amortized" if refine_steps else "amortized",
-        refinement=refinement, skip=vae.config.skip, decoder=vae.config.decoder,
+        refine_steps=int(refine_steps),
+        inference="semi-amortized" if refine_steps else "amortized",
+        refinement=refinement,
+        skip=vae.config.skip,
+        decoder=vae.config.decoder,
     )
     paths = output_paths(run_dir, out)
     if plots:
         metrics["plots"] = plot_diagnostics(
-            vae.model, data.to(dev), result, paths["plots"], labels=labels, embedding=embedding,
-            autoregressive=vae.model.decoder.autoregressive, seed=seed,
+            vae.model,
+            data.to(dev),
+            result,
+            paths["plots"],
+            labels=labels,
+            embedding=embedding,
+            autoregressive=vae.model.decoder.autoregressive,
+            seed=seed,
         )
     metrics["netcdf"] = str(paths["netcdf"])
-    write_netcdf(per_datapoint_dataset(result, attrs={"run_dir": str(run_dir), "split": split}), paths["netcdf"])
+    write_netcdf(
+        per_datapoint_dataset(result, attrs={"run_dir": str(run_dir), "split": split}),
+        paths["netcdf"],
+    )
     checkpoint.atomic_write_json(paths["json"], metrics)
     return {"metrics": metrics, "paths": {k: str(v) for k, v in paths.items()}, "result": result}
 
@@ -209,6 +252,8 @@ def compare_runs(paths, *, names=None) -> tuple[str, str]:
     named = []
     for i, path in enumerate(paths):
         p = Path(path)
-        name = names[i] if names is not None else (p.name if p.is_dir() else p.parent.name or p.stem)
+        name = (
+            names[i] if names is not None else (p.name if p.is_dir() else p.parent.name or p.stem)
+        )
         named.append((name, load_diagnostics(p)))
     return compare_table(named)

@@ -64,7 +64,9 @@ class ModelConfig:
         if not self.data_shape or min(self.data_shape) < 1:
             raise ConfigError(f"data_shape must be non-empty and positive, found {self.data_shape}")
         if not self.hidden_dims or min(self.hidden_dims) < 1:
-            raise ConfigError(f"hidden_dims must be one or more positive widths, found {self.hidden_dims}")
+            raise ConfigError(
+                f"hidden_dims must be one or more positive widths, found {self.hidden_dims}"
+            )
 
 
 def _check_positive(**values):
@@ -125,8 +127,16 @@ class SkipVAE:
         seed=None,
     ):
         self.config = ModelConfig(
-            data_shape, latent_dim, hidden_dims, skip, _name(decoder), _name(encoder),
-            _name(prior), _name(likelihood), dict(prior_options or {}), dict(likelihood_options or {}),
+            data_shape,
+            latent_dim,
+            hidden_dims,
+            skip,
+            _name(decoder),
+            _name(encoder),
+            _name(prior),
+            _name(likelihood),
+            dict(prior_options or {}),
+            dict(likelihood_options or {}),
         )
         if seed is not None:
             pyro.set_rng_seed(seed)
@@ -217,7 +227,9 @@ class SkipVAE:
         :raises NonFiniteLossError: a NaN/inf loss; the last checkpoint stays intact.
         """
         _check_positive(
-            num_epochs=num_epochs, batch_size=batch_size, learning_rate=learning_rate,
+            num_epochs=num_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
             eval_batch_size=eval_batch_size,
         )
         if clip_norm is not None:
@@ -234,10 +246,17 @@ class SkipVAE:
                 "format": CHECKPOINT_FORMAT,
                 "model": asdict(self.config),
                 "train": {
-                    "num_epochs": num_epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-                    "clip_norm": clip_norm, "kl_warmup_epochs": kl_warmup_epochs, "kl_start": kl_start,
-                    "elbo": _name(elbo), "inference": _name(inference),
-                    "inference_options": inference_options or {}, "binarize": binarize, "seed": seed,
+                    "num_epochs": num_epochs,
+                    "batch_size": batch_size,
+                    "learning_rate": learning_rate,
+                    "clip_norm": clip_norm,
+                    "kl_warmup_epochs": kl_warmup_epochs,
+                    "kl_start": kl_start,
+                    "elbo": _name(elbo),
+                    "inference": _name(inference),
+                    "inference_options": inference_options or {},
+                    "binarize": binarize,
+                    "seed": seed,
                     "eval_batch_size": eval_batch_size,
                 },
                 "run": {**(run_info or {}), "device": str(self.device)},
@@ -284,11 +303,16 @@ class SkipVAE:
             score = record.get("val_elbo", record["train_elbo"])
             if score > best:
                 best = score
-                checkpoint.atomic_save(self._state_dict(config, record["epoch"]), run_dir / BEST_FILE)
+                checkpoint.atomic_save(
+                    self._state_dict(config, record["epoch"]), run_dir / BEST_FILE
+                )
             state = self._state_dict(config, record["epoch"])
             state.update(
-                optimizer=optim.get_state(), rng=checkpoint.get_rng_state(),
-                generator=generator.get_state(), history=history, best_val_elbo=best,
+                optimizer=optim.get_state(),
+                rng=checkpoint.get_rng_state(),
+                generator=generator.get_state(),
+                history=history,
+                best_val_elbo=best,
             )
             checkpoint.atomic_save(state, run_dir / CHECKPOINT_FILE)
             _write_metrics(run_dir, history)
@@ -299,11 +323,20 @@ class SkipVAE:
             if run_dir is not None:
                 _write_metrics(run_dir, history)
             train(
-                inference, train_data, num_epochs=num_epochs, batch_size=batch_size,
-                generator=generator, start_epoch=len(history),
+                inference,
+                train_data,
+                num_epochs=num_epochs,
+                batch_size=batch_size,
+                generator=generator,
+                start_epoch=len(history),
                 annealing=LinearWarmup(kl_warmup_epochs, kl_start),
-                transform=None if binarize != "dynamic" else (lambda x, g: binarize_data(x, "dynamic", g)),
-                evaluate=evaluate, on_epoch_end=on_epoch_end, device=self.device, progress=progress,
+                transform=None
+                if binarize != "dynamic"
+                else (lambda x, g: binarize_data(x, "dynamic", g)),
+                evaluate=evaluate,
+                on_epoch_end=on_epoch_end,
+                device=self.device,
+                progress=progress,
             )
         self.history = history
         return history
@@ -313,13 +346,17 @@ class SkipVAE:
         if not isinstance(x, torch.Tensor):
             raise DataError(f"{name}: expected a torch.Tensor, found {type(x).__name__}")
         if mode not in BINARIZATIONS:
-            raise ConfigError(f"unknown binarize {mode!r}; expected one of: {', '.join(BINARIZATIONS)}")
+            raise ConfigError(
+                f"unknown binarize {mode!r}; expected one of: {', '.join(BINARIZATIONS)}"
+            )
         if mode == "none":
             self.model.likelihood.validate(x, name)
             return x
         x = x.float()
         if not torch.isfinite(x).all():
-            raise DataError(f"{name}: expected finite values, found {int((~torch.isfinite(x)).sum())} NaN/inf entries")
+            raise DataError(
+                f"{name}: expected finite values, found {int((~torch.isfinite(x)).sum())} NaN/inf entries"
+            )
         if x.numel() and (x.min() < 0 or x.max() > 1):
             raise DataError(
                 f"{name}: binarize={mode!r} expects intensities in [0, 1], found range "
@@ -355,13 +392,18 @@ class SkipVAE:
             return None
         state = checkpoint.load(checkpoint_path)
         if _config_differences(state["config"], config):
-            raise CheckpointError(f"{checkpoint_path} was written for a different configuration than {config_path}")
+            raise CheckpointError(
+                f"{checkpoint_path} was written for a different configuration than {config_path}"
+            )
         return state
 
     def _state_dict(self, config, epoch):
         return {
-            "format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch,
-            "model": self.model.state_dict(), "guide": self.guide.state_dict(),
+            "format": CHECKPOINT_FORMAT,
+            "config": config,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "guide": self.guide.state_dict(),
         }
 
     def _load_states(self, state):
@@ -377,7 +419,11 @@ class SkipVAE:
         likelihood's support). See :func:`~pyro_skipvae.diagnostics.evaluate_elbo`."""
         self.model.likelihood.validate(data)
         result = evaluate_elbo(
-            self.model, self.guide, data.to(self.device), batch_size=batch_size, num_particles=num_particles
+            self.model,
+            self.guide,
+            data.to(self.device),
+            batch_size=batch_size,
+            num_particles=num_particles,
         )
         return {"elbo": result["elbo"], "kl": result["kl"]}
 

@@ -15,8 +15,19 @@ from click.testing import CliRunner
 
 from cli.main import cli
 
-SMALL = ["--train-size", "500", "--val-size", "200", "--latent-dim", "4", "--hidden-dims", "32,32",
-         "--kl-warmup-epochs", "1", "--quiet"]
+SMALL = [
+    "--train-size",
+    "500",
+    "--val-size",
+    "200",
+    "--latent-dim",
+    "4",
+    "--hidden-dims",
+    "32,32",
+    "--kl-warmup-epochs",
+    "1",
+    "--quiet",
+]
 
 
 def skipvae_executable():
@@ -31,12 +42,24 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("skip", ["--skip", "--no-skip"])
 def test_fit_on_real_mnist(tmp_path, data_dir, skip):
-    result = run_cli("fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "2", skip, "--out", str(tmp_path / "run"))
+    result = run_cli(
+        "fit",
+        "--data-dir",
+        str(data_dir),
+        *SMALL,
+        "--num-epochs",
+        "2",
+        skip,
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert result.exit_code == 0, result.output
     last_line = result.output.strip().splitlines()[-1]
     assert last_line == f"results in {tmp_path / 'run'}"
     assert "validation ELBO" in result.output
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in records] == [1, 2]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["skip"] is (skip == "--skip")
@@ -50,10 +73,16 @@ def test_fit_on_real_mnist(tmp_path, data_dir, skip):
         (["--prior", "laplace"], 2, "'laplace' is not one of"),
         (["--dataset", "cifar"], 2, "error: unknown dataset 'cifar'"),
         (["--data-dir", "/nonexistent"], 1, "error: data directory not found"),
-        (["--likelihood", "bernoulli", "--binarize", "none"], 1, "error: training data: BernoulliLikelihood expects binary values"),
+        (
+            ["--likelihood", "bernoulli", "--binarize", "none"],
+            1,
+            "error: training data: BernoulliLikelihood expects binary values",
+        ),
     ],
 )
-def test_bad_input_gives_one_readable_line_and_an_exit_status(tmp_path, data_dir, args, status, message):
+def test_bad_input_gives_one_readable_line_and_an_exit_status(
+    tmp_path, data_dir, args, status, message
+):
     base = ["fit", *SMALL, "--num-epochs", "1", "--out", str(tmp_path / "run")]
     if "--data-dir" not in args:
         base += ["--data-dir", str(data_dir)]
@@ -65,10 +94,35 @@ def test_bad_input_gives_one_readable_line_and_an_exit_status(tmp_path, data_dir
 
 def test_resume_against_another_config_is_a_usage_error(tmp_path, data_dir):
     out = str(tmp_path / "run")
-    assert run_cli("fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "1", "--out", out).exit_code == 0
-    result = CliRunner().invoke(cli, ["fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "2", "--latent-dim", "5", "--out", out, "--resume"])
+    assert (
+        run_cli(
+            "fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "1", "--out", out
+        ).exit_code
+        == 0
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "fit",
+            "--data-dir",
+            str(data_dir),
+            *SMALL,
+            "--num-epochs",
+            "2",
+            "--latent-dim",
+            "5",
+            "--out",
+            out,
+            "--resume",
+        ],
+    )
     assert result.exit_code == 2
-    assert result.output.strip() == "error: cannot resume " + out + ": its configuration differs in model.latent_dim: saved 4, now 5"
+    assert (
+        result.output.strip()
+        == "error: cannot resume "
+        + out
+        + ": its configuration differs in model.latent_dim: saved 4, now 5"
+    )
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
@@ -76,10 +130,17 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
     exe = skipvae_executable()
     args = ["fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "6", "--seed", "5"]
     env = {**os.environ, "SKIPVAE_CACHE_DIR": os.environ["SKIPVAE_CACHE_DIR"]}
-    subprocess.run([exe, *args, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [exe, *args, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True
+    )
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([exe, *args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [exe, *args, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         metrics = killed / "metrics.jsonl"
@@ -92,7 +153,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
     done = len((killed / "metrics.jsonl").read_text().splitlines())
     assert 2 <= done < 6
 
-    subprocess.run([exe, *args, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [exe, *args, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True
+    )
 
     def records(run):
         lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -106,8 +169,18 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
 
 
 def test_installed_command_help():
-    result = subprocess.run([skipvae_executable(), "fit", "--help"], capture_output=True, text=True, check=True)
-    for flag in ("--skip / --no-skip", "--latent-dim", "--hidden-dims", "--kl-warmup-epochs", "--train-size", "--resume", "--device"):
+    result = subprocess.run(
+        [skipvae_executable(), "fit", "--help"], capture_output=True, text=True, check=True
+    )
+    for flag in (
+        "--skip / --no-skip",
+        "--latent-dim",
+        "--hidden-dims",
+        "--kl-warmup-epochs",
+        "--train-size",
+        "--resume",
+        "--device",
+    ):
         assert flag in result.stdout
 
 
@@ -118,7 +191,17 @@ def test_full_mnist_epoch_trains_skip_and_plain_vaes(tmp_path, data_dir):
     (784 · log 2) and neither model may have collapsed (KL well above 0)."""
     for skip in ("--skip", "--no-skip"):
         out = tmp_path / skip
-        result = run_cli("fit", "--data-dir", str(data_dir), "--num-epochs", "1", "--quiet", skip, "--out", str(out))
+        result = run_cli(
+            "fit",
+            "--data-dir",
+            str(data_dir),
+            "--num-epochs",
+            "1",
+            "--quiet",
+            skip,
+            "--out",
+            str(out),
+        )
         assert result.exit_code == 0, result.output
         record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
         assert record["val_elbo"] > -160 and record["val_kl"] > 5, record

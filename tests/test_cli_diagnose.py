@@ -27,15 +27,40 @@ pytestmark = pytest.mark.skipif(not _mnist_available(), reason="MNIST not found"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = CliRunner().invoke(cli, [
-        "fit", "--train-size", "500", "--val-size", "200", "--num-epochs", "1", "--hidden-dims", "64,64",
-        "--latent-dim", "8", "--out", str(out), "--quiet",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "fit",
+            "--train-size",
+            "500",
+            "--val-size",
+            "200",
+            "--num-epochs",
+            "1",
+            "--hidden-dims",
+            "64,64",
+            "--latent-dim",
+            "8",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
 
-DIAGNOSE = ["--eval-size", "150", "--num-samples", "20", "--classifier-train-size", "300", "--embedding", "pca", "--quiet"]
+DIAGNOSE = [
+    "--eval-size",
+    "150",
+    "--num-samples",
+    "20",
+    "--classifier-train-size",
+    "300",
+    "--embedding",
+    "pca",
+    "--quiet",
+]
 
 
 def test_diagnose_writes_json_netcdf_and_plots(run_dir):
@@ -49,26 +74,62 @@ def test_diagnose_writes_json_netcdf_and_plots(run_dir):
         assert metrics[f"{key}_se"] >= 0
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["accuracy_knn"] <= 1
     assert metrics["split"] == "test" and metrics["num_points"] == 150
-    assert metrics["log_n"] == pytest.approx(math.log(150)) and metrics["mi"] <= metrics["log_n"] + 1e-6
+    assert (
+        metrics["log_n"] == pytest.approx(math.log(150))
+        and metrics["mi"] <= metrics["log_n"] + 1e-6
+    )
     assert "full-set" in metrics["estimators"]["mi"] and "K=20" in metrics["estimators"]["nll"]
     assert (run_dir / "diagnostics.nc").stat().st_size > 0
     pngs = sorted(p.name for p in (run_dir / "diagnostics_plots").glob("*.png"))
-    assert pngs == ["embedding.png", "kl_per_dim.png", "reconstructions.png", "samples.png", "traversals.png"]
+    assert pngs == [
+        "embedding.png",
+        "kl_per_dim.png",
+        "reconstructions.png",
+        "samples.png",
+        "traversals.png",
+    ]
 
 
 def test_diagnose_val_split_with_refinement_and_compare(run_dir, tmp_path):
     runner = CliRunner()
     a, b = tmp_path / "amortized.json", tmp_path / "refined.json"
-    result = runner.invoke(cli, ["diagnose", str(run_dir), "--split", "val", "--out", str(a), "--no-plots", *DIAGNOSE])
+    result = runner.invoke(
+        cli, ["diagnose", str(run_dir), "--split", "val", "--out", str(a), "--no-plots", *DIAGNOSE]
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["diagnose", str(run_dir), "--split", "val", "--refine-steps", "3", "--out", str(b),
-                                 "--no-plots", *DIAGNOSE])
+    result = runner.invoke(
+        cli,
+        [
+            "diagnose",
+            str(run_dir),
+            "--split",
+            "val",
+            "--refine-steps",
+            "3",
+            "--out",
+            str(b),
+            "--no-plots",
+            *DIAGNOSE,
+        ],
+    )
     assert result.exit_code == 0, result.output
     refined = json.loads(b.read_text())
-    assert refined["inference"] == "semi-amortized" and refined["refinement"]["num_refine_steps"] == 3
+    assert (
+        refined["inference"] == "semi-amortized" and refined["refinement"]["num_refine_steps"] == 3
+    )
     assert (tmp_path / "refined.nc").exists()
-    result = runner.invoke(cli, ["compare", str(a), str(b), "--names", "amortized,refined",
-                                 "--out", str(tmp_path / "table")])
+    result = runner.invoke(
+        cli,
+        [
+            "compare",
+            str(a),
+            str(b),
+            "--names",
+            "amortized,refined",
+            "--out",
+            str(tmp_path / "table"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "| metric | amortized | refined |" in result.output
     rows = list(csv.DictReader(io.StringIO((tmp_path / "table.csv").read_text())))

@@ -155,14 +155,28 @@ def test_full_set_mi_and_agg_kl_approach_population_closed_forms(lingauss):
         return mi, kl_to_standard_normal(A @ mean + c, agg_cov)
 
     pop_mi, pop_kl = closed_forms(m, C)
-    boot = torch.stack([torch.stack(closed_forms(xb.mean(0), torch.cov(xb.T)))
-                        for xb in (sample_x(m, C, n, seed=100 + b) for b in range(200))])
+    boot = torch.stack(
+        [
+            torch.stack(closed_forms(xb.mean(0), torch.cov(xb.T)))
+            for xb in (sample_x(m, C, n, seed=100 + b) for b in range(200))
+        ]
+    )
     sd_mi, sd_kl = boot.std(0)
     model = linear_model(torch.zeros(3, 2), torch.zeros(3), 1.0)
     terms = aggregate_posterior_terms(model, linear_guide(A, c, s), x, num_samples=2)
     mi, agg = terms["mi"], terms["agg_kl"]
-    assert abs(mi - pop_mi) < 4 * math.hypot(mi.se, sd_mi), (float(mi), float(pop_mi), mi.se, float(sd_mi))
-    assert abs(agg - pop_kl) < 4 * math.hypot(agg.se, sd_kl), (float(agg), float(pop_kl), agg.se, float(sd_kl))
+    assert abs(mi - pop_mi) < 4 * math.hypot(mi.se, sd_mi), (
+        float(mi),
+        float(pop_mi),
+        mi.se,
+        float(sd_mi),
+    )
+    assert abs(agg - pop_kl) < 4 * math.hypot(agg.se, sd_kl), (
+        float(agg),
+        float(pop_kl),
+        agg.se,
+        float(sd_kl),
+    )
 
 
 def test_elbo_surgery_identity_holds_within_mc_error(lingauss):
@@ -238,7 +252,10 @@ def test_generic_and_gaussian_mixture_paths_agree():
 
     def mvn_guide(x, **kwargs):
         with data_plate(x):
-            return pyro.sample("z", dist.MultivariateNormal(x @ A.T, scale_tril=torch.diag(torch.tensor([0.1, 0.7]))))
+            return pyro.sample(
+                "z",
+                dist.MultivariateNormal(x @ A.T, scale_tril=torch.diag(torch.tensor([0.1, 0.7]))),
+            )
 
     fast = Posteriors(linear_guide(A, torch.zeros(2), torch.tensor([0.1, 0.7])), x, chunk_size=32)
     slow = Posteriors(mvn_guide, x, chunk_size=32)
@@ -251,7 +268,9 @@ def test_generic_and_gaussian_mixture_paths_agree():
 
 def test_bad_guide_and_data_are_rejected():
     with pytest.raises(DataError):
-        mutual_information(linear_guide(torch.eye(2), torch.zeros(2), torch.ones(2)), torch.zeros(0, 2))
+        mutual_information(
+            linear_guide(torch.eye(2), torch.zeros(2), torch.ones(2)), torch.zeros(0, 2)
+        )
 
     def no_z(x, **kwargs):
         with data_plate(x):
@@ -290,8 +309,14 @@ def mvn_guide(mean, cov):
 @pytest.mark.parametrize("num_samples", [1, 30])
 def test_iw_nll_is_exact_with_the_exact_posterior(lg_model, num_samples):
     model, x, post_mean, post_cov, exact = lg_model
-    result = importance_sample(model, mvn_guide(post_mean, post_cov), x, num_samples=num_samples,
-                               batch_size=60, particle_chunk=7)
+    result = importance_sample(
+        model,
+        mvn_guide(post_mean, post_cov),
+        x,
+        num_samples=num_samples,
+        batch_size=60,
+        particle_chunk=7,
+    )
     assert result.nll.shape == (60,)
     assert torch.allclose(result.nll, exact, atol=1e-9)
     if num_samples >= 20:
@@ -353,8 +378,15 @@ def test_diagnose_report_outputs(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((80, 1, 6, 6), 0.3), generator=g)
     labels = torch.arange(80) % 4
-    result = vae.diagnose(x[:40], labels=labels[:40], train_data=x[40:], train_labels=labels[40:],
-                          num_samples=25, mi_batch_size=20, chunk_size=20)
+    result = vae.diagnose(
+        x[:40],
+        labels=labels[:40],
+        train_data=x[40:],
+        train_labels=labels[40:],
+        num_samples=25,
+        mi_batch_size=20,
+        chunk_size=20,
+    )
     m = result["metrics"]
     for key in ("elbo", "kl", "mi", "agg_kl", "au", "nll", "accuracy", "accuracy_knn", "log_n"):
         assert isinstance(m[key], int | float) and math.isfinite(m[key]), key
@@ -364,9 +396,16 @@ def test_diagnose_report_outputs(tmp_path):
     assert m["mi"] <= m["log_n"] + 1e-9
     json.dumps(m)
     assert "IW-NLL" in format_table(m)
-    paths = plot_diagnostics(vae.model, x[:40], result, tmp_path / "plots", labels=labels[:40], embedding="pca")
+    paths = plot_diagnostics(
+        vae.model, x[:40], result, tmp_path / "plots", labels=labels[:40], embedding="pca"
+    )
     assert {p.rsplit("/", 1)[1] for p in paths} == {
-        "embedding.png", "kl_per_dim.png", "reconstructions.png", "samples.png", "traversals.png"}
+        "embedding.png",
+        "kl_per_dim.png",
+        "reconstructions.png",
+        "samples.png",
+        "traversals.png",
+    }
     for p in paths:
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     write_netcdf(per_datapoint_dataset(result), tmp_path / "d.nc")

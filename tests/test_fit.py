@@ -18,7 +18,11 @@ FIT = {"batch_size": 50, "binarize": "dynamic", "kl_warmup_epochs": 2, "seed": 3
 def fit(mnist, tiny_options, run_dir=None, num_epochs=2, resume=False, **overrides):
     vae = SkipVAE(mnist.data_shape, seed=0, **tiny_options)
     history = vae.fit(
-        mnist.train, val=mnist.val, num_epochs=num_epochs, run_dir=run_dir, resume=resume,
+        mnist.train,
+        val=mnist.val,
+        num_epochs=num_epochs,
+        run_dir=run_dir,
+        resume=resume,
         **{**FIT, **overrides},
     )
     return vae, history
@@ -39,7 +43,12 @@ def test_mnist_is_split_as_in_the_papers(data_dir):
 def test_fit_writes_a_complete_run_directory(mnist, tiny_options, tmp_path):
     vae, history = fit(mnist, tiny_options, tmp_path / "run")
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt",
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:
@@ -114,7 +123,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(mnist, tiny_
 @pytest.mark.parametrize(
     "corrupt, error",
     [
-        (lambda x: x.reshape(len(x), -1)[:, :700], r"expected shape \(N, 1, 28, 28\), found \(500, 700\)"),
+        (
+            lambda x: x.reshape(len(x), -1)[:, :700],
+            r"expected shape \(N, 1, 28, 28\), found \(500, 700\)",
+        ),
         (lambda x: x.index_fill(0, torch.tensor([3]), float("nan")), "expected finite values"),
         (lambda x: x * 2, r"intensities in \[0, 1\]"),
     ],
@@ -148,7 +160,9 @@ def test_missing_and_corrupt_data_files(data_dir, tmp_path, monkeypatch):
     (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match="not a valid gzip file"):
         load_dataset("mnist", data_dir=tmp_path / "data")
-    (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 20))
+    (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 20)
+    )
     with pytest.raises(DataError, match="corrupt: expected content md5"):
         load_dataset("mnist", data_dir=tmp_path / "data")
     with pytest.raises(DataError, match="data directory not found"):

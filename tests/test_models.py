@@ -33,8 +33,15 @@ def synthetic_data(likelihood, n=6):
 def build(prior="normal", likelihood="bernoulli", decoder="mlp", skip=True, latent_dim=3):
     options = {"num_categories": NUM_CATEGORIES} if likelihood == "categorical" else {}
     return SkipVAE(
-        DATA_SHAPE, latent_dim=latent_dim, hidden_dims=(8, 8), skip=skip, decoder=decoder,
-        prior=prior, likelihood=likelihood, likelihood_options=options, seed=0,
+        DATA_SHAPE,
+        latent_dim=latent_dim,
+        hidden_dims=(8, 8),
+        skip=skip,
+        decoder=decoder,
+        prior=prior,
+        likelihood=likelihood,
+        likelihood_options=options,
+        seed=0,
     )
 
 
@@ -85,7 +92,9 @@ def test_skip_connections_carry_z_past_the_first_layer(skip):
 
 def test_skip_has_its_own_weights_per_layer_and_same_sizes_otherwise():
     skip, plain = build(skip=True).model.decoder, build(skip=False).model.decoder
-    assert [tuple(m.weight.shape) for m in skip.layers] == [tuple(m.weight.shape) for m in plain.layers]
+    assert [tuple(m.weight.shape) for m in skip.layers] == [
+        tuple(m.weight.shape) for m in plain.layers
+    ]
     # hidden layer 2 and the output layer each get their own U_l
     assert [tuple(u.weight.shape) for u in skip.skips] == [(8, 3), (12, 3)]
     assert len(plain.skips) == 0

@@ -119,8 +119,13 @@ def test_refinement_reaches_exact_posterior_and_log_evidence(elbo_class):
     x = model.likelihood(model.decoder(torch.randn(8, D))).sample()
     mean, cov, log_px = exact_posterior(model, x)
     inference = SemiAmortizedSVI(
-        model, guide, pyro.optim.Adam({}), elbo_class(num_particles=256, vectorize_particles=True, max_plate_nesting=1),
-        num_refine_steps=100, refine_lr=0.1 * x.shape[0], refine_max_grad_norm=None,
+        model,
+        guide,
+        pyro.optim.Adam({}),
+        elbo_class(num_particles=256, vectorize_particles=True, max_plate_nesting=1),
+        num_refine_steps=100,
+        refine_lr=0.1 * x.shape[0],
+        refine_max_grad_norm=None,
     )
     loc0, log_scale0 = guide.local_params(x)
     loc, log_scale = inference.refine(x)
@@ -140,7 +145,10 @@ def test_refinement_reaches_exact_posterior_and_log_evidence(elbo_class):
     # Monte-Carlo ELBO at λ_K (the package's estimator) vs log p(x): a 1000-sample estimate
     # per datapoint, compared within 4 standard errors plus a residual gap of 0.05 nats.
     samples = torch.stack(
-        [elbo_terms(model, guide, x, guide_kwargs={"local_params": (loc, log_scale)})[0] for _ in range(1000)]
+        [
+            elbo_terms(model, guide, x, guide_kwargs={"local_params": (loc, log_scale)})[0]
+            for _ in range(1000)
+        ]
     )
     elbo, stderr = samples.mean(0), samples.std(0) / math.sqrt(samples.shape[0])
     assert torch.all((elbo - log_px).abs() < 4 * stderr + 0.05), (elbo - log_px, stderr)
@@ -172,7 +180,12 @@ def test_end_to_end_gradient_matches_finite_differences(max_grad_norm):
     """Exact second-order autograd through K steps (clipping included) = d loss / dθ."""
     model, guide, x = _tiny_mlp_problem()
     inference = SemiAmortizedSVI(
-        model, guide, pyro.optim.Adam({}), Trace_ELBO(), num_refine_steps=4, refine_lr=0.5,
+        model,
+        guide,
+        pyro.optim.Adam({}),
+        Trace_ELBO(),
+        num_refine_steps=4,
+        refine_lr=0.5,
         refine_max_grad_norm=max_grad_norm,
     )
     params = list(guide.encoder.parameters()) + list(model.decoder.parameters())
@@ -207,7 +220,9 @@ def test_end_to_end_gradient_matches_finite_differences(max_grad_norm):
 def _encoder_grads(mode, **options):
     model, guide, x = _tiny_mlp_problem()
     options = {"num_refine_steps": 3, "refine_lr": 0.5, **options}
-    inference = SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), Trace_ELBO(), mode=mode, **options)
+    inference = SemiAmortizedSVI(
+        model, guide, pyro.optim.Adam({}), Trace_ELBO(), mode=mode, **options
+    )
     encoder = list(guide.encoder.parameters())
     decoder = list(model.decoder.parameters())
     grads = _surrogate_grads(inference, x, encoder + decoder)
@@ -225,7 +240,9 @@ def test_modes_give_the_encoder_gradients_theory_predicts():
     # gradient with the same reparameterisation noise (the refinement's first draw).
     pyro.set_rng_seed(7)
     amortized = Trace_ELBO().differentiable_loss(model, guide, x, size=10, beta=0.7)
-    expected = torch.cat([g.flatten() for g in torch.autograd.grad(amortized, list(guide.encoder.parameters()))])
+    expected = torch.cat(
+        [g.flatten() for g in torch.autograd.grad(amortized, list(guide.encoder.parameters()))]
+    )
     assert torch.allclose(stop, expected, rtol=1e-10, atol=1e-12)
     # stop-gradient and kl train the decoder identically (on stopgrad λ_K); end-to-end does
     # not (its decoder gradient also flows through the refinement).
@@ -251,7 +268,10 @@ def test_step_trains_and_evaluation_leaves_parameters_alone():
     model, guide, x = _tiny_mlp_problem()
     optim = pyro.optim.Adam({"lr": 1e-2})
     inference = SemiAmortizedSVI(model, guide, optim, Trace_ELBO(), num_refine_steps=2)
-    before = {k: v.detach().clone() for k, v in {**dict(model.named_parameters()), **dict(guide.named_parameters())}.items()}
+    before = {
+        k: v.detach().clone()
+        for k, v in {**dict(model.named_parameters()), **dict(guide.named_parameters())}.items()
+    }
 
     def unchanged():
         after = {**dict(model.named_parameters()), **dict(guide.named_parameters())}
@@ -268,9 +288,11 @@ def test_step_trains_and_evaluation_leaves_parameters_alone():
     assert not unchanged()
     assert all(p.grad is None for p in list(model.parameters()) + list(guide.parameters()))
     # Every parameter of encoder and decoder was handed to the optimizer.
-    assert set(optim.get_state()) == {f"{prefix}$$${name}" for prefix, module in
-                                      [("encoder", guide.encoder), ("decoder", model.decoder)]
-                                      for name, _ in module.named_parameters()}
+    assert set(optim.get_state()) == {
+        f"{prefix}$$${name}"
+        for prefix, module in [("encoder", guide.encoder), ("decoder", model.decoder)]
+        for name, _ in module.named_parameters()
+    }
 
 
 class TinyLSTMDecoder(Decoder):
@@ -290,7 +312,10 @@ class TinyLSTMDecoder(Decoder):
         z2 = z.reshape(-1, z.shape[-1])
         x = x.long().expand(batch + x.shape[-1:]).reshape(-1, self.length)
         start = torch.full_like(x[:, :1], self.vocab)
-        h = torch.cat([self.embed(torch.cat([start, x[:, :-1]], 1)), z2[:, None].expand(-1, self.length, -1)], -1)
+        h = torch.cat(
+            [self.embed(torch.cat([start, x[:, :-1]], 1)), z2[:, None].expand(-1, self.length, -1)],
+            -1,
+        )
         out, _ = self.lstm(h)
         return self.out(out).reshape(batch + (self.length, self.vocab))
 
@@ -302,7 +327,9 @@ def test_end_to_end_through_an_lstm_decoder_on_cpu():
     model = Model(StandardNormalPrior(2), TinyLSTMDecoder(2, likelihood.param_shape), likelihood)
     guide = Guide(MLPEncoder((length,), 2, hidden_dims=(4,)))
     x = torch.randint(0, vocab, (3, length)).double()
-    inference = SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), Trace_ELBO(), num_refine_steps=2)
+    inference = SemiAmortizedSVI(
+        model, guide, pyro.optim.Adam({}), Trace_ELBO(), num_refine_steps=2
+    )
     params = list(guide.encoder.parameters())
     grads = _surrogate_grads(inference, x, params)
     direction = [torch.randn_like(p) for p in params]
@@ -332,13 +359,22 @@ def test_fit_semi_amortized_resumes_exactly(tmp_path):
     def run(run_dir, num_epochs, resume=False):
         vae = SkipVAE((1, 4, 4), latent_dim=2, hidden_dims=(8,), seed=0)
         return vae.fit(
-            data[:30], val=data[30:], num_epochs=num_epochs, batch_size=10, binarize="dynamic",
-            inference="semi-amortized", inference_options=options, run_dir=run_dir, resume=resume,
+            data[:30],
+            val=data[30:],
+            num_epochs=num_epochs,
+            batch_size=10,
+            binarize="dynamic",
+            inference="semi-amortized",
+            inference_options=options,
+            run_dir=run_dir,
+            resume=resume,
         )
 
     full = run(tmp_path / "full", 2)
     run(tmp_path / "split", 1)
     resumed = run(tmp_path / "split", 2, resume=True)
-    assert {"val_elbo", "val_elbo_refined", "val_kl_refined", "val_amortization_gap"} <= set(full[-1])
+    assert {"val_elbo", "val_elbo_refined", "val_kl_refined", "val_amortization_gap"} <= set(
+        full[-1]
+    )
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert [strip(r) for r in resumed] == [strip(r) for r in full]

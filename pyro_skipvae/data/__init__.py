@@ -82,11 +82,18 @@ def load_dataset(dataset: str, *, data_dir=None, train_size=None, val_size=None)
         else:
             cut = train.shape[0] - max(1, train.shape[0] // 10)
             if cut < 1:
-                raise DataError(f"{dataset}: need at least 2 training examples to hold one out, found {train.shape[0]}")
+                raise DataError(
+                    f"{dataset}: need at least 2 training examples to hold one out, found {train.shape[0]}"
+                )
             val, val_labels = train[cut:], None if labels is None else labels[cut:]
             train, labels = train[:cut], None if labels is None else labels[:cut]
         splits = DataSplits(
-            Path(dataset).name, train, val, content.get("test"), labels, val_labels,
+            Path(dataset).name,
+            train,
+            val,
+            content.get("test"),
+            labels,
+            val_labels,
             content.get("test_labels"),
         )
     else:
@@ -96,7 +103,9 @@ def load_dataset(dataset: str, *, data_dir=None, train_size=None, val_size=None)
         )
     if train_size is not None:
         splits.train = splits.train[:train_size]
-        splits.train_labels = None if splits.train_labels is None else splits.train_labels[:train_size]
+        splits.train_labels = (
+            None if splits.train_labels is None else splits.train_labels[:train_size]
+        )
     if val_size is not None:
         splits.val = splits.val[:val_size]
         splits.val_labels = None if splits.val_labels is None else splits.val_labels[:val_size]

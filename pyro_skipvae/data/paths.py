@@ -20,7 +20,10 @@ def resolve_data_dir(data_dir=None, *, expected: str = "") -> Path:
     """
     candidates = [data_dir] if data_dir is not None else [os.environ.get(DATA_DIR_ENV)]
     if candidates[0] is None:
-        candidates = [_PROJECT_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+        candidates = [
+            _PROJECT_ROOT.parent / "shared" / "data",
+            Path.cwd().parent / "shared" / "data",
+        ]
     for candidate in candidates:
         if candidate is not None and Path(candidate).is_dir():
             return Path(candidate)

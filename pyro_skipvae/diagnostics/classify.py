@@ -45,7 +45,9 @@ CLASSIFIERS = {
 }
 
 
-def classification_accuracy(train_codes, train_labels, test_codes, test_labels, *, classifiers=None) -> dict:
+def classification_accuracy(
+    train_codes, train_labels, test_codes, test_labels, *, classifiers=None
+) -> dict:
     """Fit each classifier on ``(train_codes, train_labels)``, score it on the test codes.
 
     :param train_codes: ``(N_train, D)`` posterior means (tensor or array).
@@ -59,7 +61,9 @@ def classification_accuracy(train_codes, train_labels, test_codes, test_labels, 
     names = list(CLASSIFIERS) if classifiers is None else list(classifiers)
     unknown = [n for n in names if n not in CLASSIFIERS]
     if unknown:
-        raise DataError(f"unknown classifier(s) {unknown}; expected some of: {', '.join(CLASSIFIERS)}")
+        raise DataError(
+            f"unknown classifier(s) {unknown}; expected some of: {', '.join(CLASSIFIERS)}"
+        )
     xs = [_numpy(a) for a in (train_codes, train_labels, test_codes, test_labels)]
     x_train, y_train, x_test, y_test = xs
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
@@ -68,7 +72,9 @@ def classification_accuracy(train_codes, train_labels, test_codes, test_labels, 
             f"test {len(x_test)} vs {len(y_test)}"
         )
     if len(np.unique(y_train)) < 2:
-        raise DataError(f"need at least 2 classes among the training labels, found {np.unique(y_train).tolist()}")
+        raise DataError(
+            f"need at least 2 classes among the training labels, found {np.unique(y_train).tolist()}"
+        )
     results = {}
     for name in names:
         description, factory = CLASSIFIERS[name]

@@ -55,7 +55,9 @@ def evaluate_elbo(model, guide, data, *, batch_size=500, num_particles=1):
     """
     elbos, kls = [], []
     for start in range(0, data.shape[0], batch_size):
-        elbo, kl = elbo_terms(model, guide, data[start : start + batch_size], num_particles=num_particles)
+        elbo, kl = elbo_terms(
+            model, guide, data[start : start + batch_size], num_particles=num_particles
+        )
         elbos.append(elbo)
         kls.append(kl)
     elbo, kl = torch.cat(elbos), torch.cat(kls)

@@ -45,4 +45,11 @@ def mean_and_se(terms, *, estimator="", **info) -> Estimate:
     terms = terms.detach()
     n = terms.shape[0]
     se = terms.double().std().item() / math.sqrt(n) if n > 1 else math.nan
-    return Estimate(terms.double().mean().item(), se, estimator=estimator, per_datapoint=terms, num_points=n, **info)
+    return Estimate(
+        terms.double().mean().item(),
+        se,
+        estimator=estimator,
+        per_datapoint=terms,
+        num_points=n,
+        **info,
+    )

@@ -66,7 +66,9 @@ class Posteriors:
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive integer, found {chunk_size}")
         if not isinstance(data, torch.Tensor) or data.dim() < 1 or data.shape[0] < 1:
-            raise DataError(f"expected a tensor of shape (N, ...) with N >= 1, found {getattr(data, 'shape', type(data).__name__)}")
+            raise DataError(
+                f"expected a tensor of shape (N, ...) with N >= 1, found {getattr(data, 'shape', type(data).__name__)}"
+            )
         self.data = data
         self.chunk_size = chunk_size
         self.traces, self.fns, self.starts = [], [], []
@@ -75,7 +77,9 @@ class Posteriors:
             x = data[start : start + chunk_size]
             trace = poutine.trace(guide).get_trace(x, **(guide_kwargs or {}))
             if LATENT_SITE not in trace.nodes:
-                raise ConfigError(f"the guide has no sample site {LATENT_SITE!r} (site contract, pyro_skipvae.sites)")
+                raise ConfigError(
+                    f"the guide has no sample site {LATENT_SITE!r} (site contract, pyro_skipvae.sites)"
+                )
             fn = trace.nodes[LATENT_SITE]["fn"]
             if tuple(fn.batch_shape) != (x.shape[0],) or len(fn.event_shape) != 1:
                 raise ConfigError(
@@ -88,7 +92,11 @@ class Posteriors:
         self.num_points = data.shape[0]
         self.latent_dim = self.fns[0].event_shape[0]
         self._gaussian_loc_scale = _diagonal_normal_loc_scale(self.fns)
-        self._gaussian = None if self._gaussian_loc_scale is None else _pairwise_constants(*self._gaussian_loc_scale)
+        self._gaussian = (
+            None
+            if self._gaussian_loc_scale is None
+            else _pairwise_constants(*self._gaussian_loc_scale)
+        )
         self._priors = None
 
     def select(self, start, stop):
@@ -129,7 +137,9 @@ class Posteriors:
             for x, _, trace in self.chunks():
                 model_trace = poutine.trace(poutine.replay(model, trace=trace)).get_trace(x)
                 if LATENT_SITE not in model_trace.nodes:
-                    raise ConfigError(f"the model has no sample site {LATENT_SITE!r} (site contract, pyro_skipvae.sites)")
+                    raise ConfigError(
+                        f"the model has no sample site {LATENT_SITE!r} (site contract, pyro_skipvae.sites)"
+                    )
                 fns.append(model_trace.nodes[LATENT_SITE]["fn"])
             self._priors = (model, fns)
         return self._priors[1]
@@ -140,12 +150,17 @@ class Posteriors:
 
     def log_prob(self, z):
         """log q(z_{s,n} | x_n) for ``z`` of shape ``(S, N, D)``; returns ``(S, N)``."""
-        return torch.cat([fn.log_prob(z[:, s : s + fn.batch_shape[0]]) for s, fn in zip(self.starts, self.fns)], 1)
+        return torch.cat(
+            [fn.log_prob(z[:, s : s + fn.batch_shape[0]]) for s, fn in zip(self.starts, self.fns)],
+            1,
+        )
 
     def prior_log_prob(self, model, z):
         """log p(z_{s,n}) for ``z`` of shape ``(S, N, D)``; returns ``(S, N)``."""
         priors = self.priors(model)
-        return torch.cat([p.log_prob(z[:, s : s + p.batch_shape[-1]]) for s, p in zip(self.starts, priors)], 1)
+        return torch.cat(
+            [p.log_prob(z[:, s : s + p.batch_shape[-1]]) for s, p in zip(self.starts, priors)], 1
+        )
 
     def means(self, num_samples=64):
         """Posterior means E_q[z | x_n], shape ``(N, D)`` (Monte Carlo if ``fn.mean`` is missing)."""
@@ -168,14 +183,18 @@ class Posteriors:
         flat = z.reshape(-1, z.shape[-1])
         out = []
         # z rows per block: memory block × N for Gaussians, block × chunk_size × D otherwise
-        size = max(self.chunk_size, MIXTURE_BLOCK) if self._gaussian is not None else self.chunk_size
+        size = (
+            max(self.chunk_size, MIXTURE_BLOCK) if self._gaussian is not None else self.chunk_size
+        )
         blocks = range(0, flat.shape[0], size)
         for start in tqdm(blocks, desc="mixture q(z)", disable=not progress, leave=False):
             block = flat[start : start + size]
             if self._gaussian is not None:
                 lp = _normal_pairwise_log_prob(block, *self._gaussian).logsumexp(-1)
             else:
-                lp = torch.stack([fn.log_prob(block.unsqueeze(-2)).logsumexp(-1) for fn in self.fns]).logsumexp(0)
+                lp = torch.stack(
+                    [fn.log_prob(block.unsqueeze(-2)).logsumexp(-1) for fn in self.fns]
+                ).logsumexp(0)
             out.append(lp.to(z.dtype))
         return (torch.cat(out) - math.log(self.num_points)).reshape(shape)
 
@@ -184,8 +203,11 @@ def _diagonal_normal_loc_scale(fns):
     """(loc, scale) of all components, ``(N, D)`` each, when q is Independent(Normal, 1), else ``None``."""
     locs, scales = [], []
     for fn in fns:
-        if not (isinstance(fn, dist.Independent) and fn.reinterpreted_batch_ndims == 1
-                and isinstance(fn.base_dist, dist.Normal)):
+        if not (
+            isinstance(fn, dist.Independent)
+            and fn.reinterpreted_batch_ndims == 1
+            and isinstance(fn.base_dist, dist.Normal)
+        ):
             return None
         base = fn.base_dist
         locs.append(base.loc.expand(fn.batch_shape + fn.event_shape))
@@ -209,8 +231,10 @@ def _normal_pairwise_log_prob(z, loc_times_precision, precision, const):
 
 def _as_posteriors(guide, data, chunk_size, progress=False):
     if isinstance(guide, Posteriors):
-        if data is not None and data is not guide.data and (
-            data.shape != guide.data.shape or not torch.equal(data, guide.data)
+        if (
+            data is not None
+            and data is not guide.data
+            and (data.shape != guide.data.shape or not torch.equal(data, guide.data))
         ):
             raise DataError("these Posteriors were computed for other data than the data passed")
         return guide
@@ -220,7 +244,9 @@ def _as_posteriors(guide, data, chunk_size, progress=False):
 
 
 @torch.no_grad()
-def aggregate_posterior_terms(model, guide, data=None, *, num_samples=1, chunk_size=None, progress=False):
+def aggregate_posterior_terms(
+    model, guide, data=None, *, num_samples=1, chunk_size=None, progress=False
+):
     r"""Full-set mutual information and aggregate-posterior KL from one shared N × N pass.
 
     For z_{s,n} ~ q(z | x_n), s = 1…S, with the aggregate posterior
@@ -265,7 +291,9 @@ def aggregate_posterior_terms(model, guide, data=None, *, num_samples=1, chunk_s
     return result
 
 
-def mutual_information(guide, data=None, *, num_samples=1, chunk_size=None, progress=False) -> Estimate:
+def mutual_information(
+    guide, data=None, *, num_samples=1, chunk_size=None, progress=False
+) -> Estimate:
     r"""I_q(x; z) in nats under q(x, z) = (1/N) Σ_n δ(x − x_n) q(z | x), the full-set estimator.
 
     See :func:`aggregate_posterior_terms` for the estimator, its bias (none for the empirical
@@ -275,16 +303,22 @@ def mutual_information(guide, data=None, *, num_samples=1, chunk_size=None, prog
     >>> mi = mutual_information(guide, x)                          # doctest: +SKIP
     >>> print(f"{mi:.2f} ± {mi.se:.2f} nats (log N = {mi.info['log_n']:.2f})")  # doctest: +SKIP
     """
-    return aggregate_posterior_terms(None, guide, data, num_samples=num_samples, chunk_size=chunk_size, progress=progress)["mi"]
+    return aggregate_posterior_terms(
+        None, guide, data, num_samples=num_samples, chunk_size=chunk_size, progress=progress
+    )["mi"]
 
 
-def aggregate_posterior_kl(model, guide, data=None, *, num_samples=1, chunk_size=None, progress=False) -> Estimate:
+def aggregate_posterior_kl(
+    model, guide, data=None, *, num_samples=1, chunk_size=None, progress=False
+) -> Estimate:
     r"""KL(q(z) ‖ p(z)) in nats, q(z) the mixture of q(z | x_n) over all of ``data``.
 
     The prior p(z) is read from the model's site ``"z"``. Unbiased for the empirical
     aggregate posterior; see :func:`aggregate_posterior_terms` for variance and cost.
     """
-    return aggregate_posterior_terms(model, guide, data, num_samples=num_samples, chunk_size=chunk_size, progress=progress)["agg_kl"]
+    return aggregate_posterior_terms(
+        model, guide, data, num_samples=num_samples, chunk_size=chunk_size, progress=progress
+    )["agg_kl"]
 
 
 @torch.no_grad()
@@ -301,7 +335,10 @@ def kl_per_dimension(model, guide, data=None, *, chunk_size=None) -> torch.Tenso
     post = _as_posteriors(guide, data, chunk_size)
     out = []
     for fn, prior in zip(post.fns, post.priors(model)):
-        if not all(isinstance(d, dist.Independent) and d.reinterpreted_batch_ndims == 1 for d in (fn, prior)):
+        if not all(
+            isinstance(d, dist.Independent) and d.reinterpreted_batch_ndims == 1
+            for d in (fn, prior)
+        ):
             raise ConfigError(
                 "per-dimension KL needs q(z|x) and p(z) that factorise over dimensions "
                 f"(Independent, 1); found {type(fn).__name__} and {type(prior).__name__}"
@@ -333,7 +370,8 @@ def expected_kl(model, guide, data=None, *, num_samples=1, chunk_size=None) -> E
             z = fn.sample((num_samples,))
             terms.append((fn.log_prob(z) - prior.log_prob(z)).mean(0))
     return mean_and_se(
-        torch.cat(terms), estimator="analytic" if analytic else "monte-carlo",
+        torch.cat(terms),
+        estimator="analytic" if analytic else "monte-carlo",
         num_samples=None if analytic else num_samples,
     )
 
@@ -399,6 +437,9 @@ def minibatch_mutual_information(guide, data=None, *, batch_size=50) -> Estimate
         log_q = fn.log_prob(z.unsqueeze(-2)).logsumexp(-1) - math.log(x.shape[0])
         terms.append(neg_entropy - log_q)
     return mean_and_se(
-        torch.cat(terms), estimator=f"minibatch (He et al. 2019), batch {batch_size}",
-        batch_size=batch_size, cap=math.log(batch_size), log_n=math.log(data.shape[0]),
+        torch.cat(terms),
+        estimator=f"minibatch (He et al. 2019), batch {batch_size}",
+        batch_size=batch_size,
+        cap=math.log(batch_size),
+        log_n=math.log(data.shape[0]),
     )

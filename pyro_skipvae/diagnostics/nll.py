@@ -69,8 +69,10 @@ class ImportanceSamplingResult:
         """
         mc_se = self.mc_var.double().clamp(min=0).sum().sqrt().item() / self.nll.shape[0]
         return mean_and_se(
-            self.nll, estimator=f"importance-weighted (K={self.num_samples}, proposal q(z|x))",
-            num_samples=self.num_samples, mc_se=mc_se,
+            self.nll,
+            estimator=f"importance-weighted (K={self.num_samples}, proposal q(z|x))",
+            num_samples=self.num_samples,
+            mc_se=mc_se,
         )
 
     def pareto_summary(self, threshold=PARETO_K_THRESHOLD) -> dict:
@@ -116,9 +118,15 @@ def pareto_k_summary(k, threshold=PARETO_K_THRESHOLD) -> dict:
     finite = k[torch.isfinite(k)]
     n = int(k.numel())
     if torch.isnan(k).all():
-        return {"threshold": threshold, "num_points": n, "num_above": None, "share_above": None,
-                "share_above_0.5": None, "max": None,
-                "warning": f"no Pareto k̂: fewer than {MIN_SAMPLES_FOR_PARETO} importance samples"}
+        return {
+            "threshold": threshold,
+            "num_points": n,
+            "num_above": None,
+            "share_above": None,
+            "share_above_0.5": None,
+            "max": None,
+            "warning": f"no Pareto k̂: fewer than {MIN_SAMPLES_FOR_PARETO} importance samples",
+        }
     above = int((k > threshold).sum())
     summary = {
         "threshold": threshold,
@@ -155,7 +163,9 @@ def log_importance_weights(model, guide, x, *, num_samples, particle_chunk=None,
         k = min(chunk, num_samples - start)
         z = q.sample((k,))
         with pyro.plate("particles", k, dim=-2):
-            model_trace = poutine.trace(poutine.condition(model, data={LATENT_SITE: z})).get_trace(x)
+            model_trace = poutine.trace(poutine.condition(model, data={LATENT_SITE: z})).get_trace(
+                x
+            )
         prior = model_trace.nodes[LATENT_SITE]["fn"]
         obs = model_trace.nodes[OBSERVED_SITE]
         log_w = obs["fn"].log_prob(obs["value"]) + prior.log_prob(z) - q.log_prob(z)
@@ -170,8 +180,17 @@ def log_importance_weights(model, guide, x, *, num_samples, particle_chunk=None,
 
 @torch.no_grad()
 def importance_sample(
-    model, guide, data=None, *, num_samples=500, batch_size=None, particle_chunk=None,
-    keep_log_weights=True, pareto=True, progress=False, guide_kwargs=None,
+    model,
+    guide,
+    data=None,
+    *,
+    num_samples=500,
+    batch_size=None,
+    particle_chunk=None,
+    keep_log_weights=True,
+    pareto=True,
+    progress=False,
+    guide_kwargs=None,
 ) -> ImportanceSamplingResult:
     r"""Importance-weighted NLL of every datapoint, with PSIS k̂, ESS and Monte-Carlo variance.
 
@@ -208,9 +227,12 @@ def importance_sample(
         x = data[start : start + batch_size]
         chunks.append(
             log_importance_weights(
-                model, guide if stored is None else stored.guide(start, start + x.shape[0]), x,
+                model,
+                guide if stored is None else stored.guide(start, start + x.shape[0]),
+                x,
                 num_samples=num_samples,
-                particle_chunk=particle_chunk, guide_kwargs=guide_kwargs,
+                particle_chunk=particle_chunk,
+                guide_kwargs=guide_kwargs,
             ).double()
         )
     lw = torch.cat(chunks)
@@ -219,7 +241,9 @@ def importance_sample(
     sum_sq = w_bar.pow(2).sum(-1)
     return ImportanceSamplingResult(
         nll=-log_mean_w,
-        pareto_k=pareto_k(lw) if pareto else torch.full(log_mean_w.shape, math.nan, dtype=torch.float64),
+        pareto_k=pareto_k(lw)
+        if pareto
+        else torch.full(log_mean_w.shape, math.nan, dtype=torch.float64),
         ess=1.0 / sum_sq,
         mc_var=(sum_sq - 1.0 / num_samples).clamp(min=0),
         log_weights=lw if keep_log_weights else None,
@@ -227,8 +251,9 @@ def importance_sample(
     )
 
 
-def importance_weighted_nll(model, guide, data, *, num_samples=500, batch_size=None, particle_chunk=None,
-                            progress=False) -> torch.Tensor:
+def importance_weighted_nll(
+    model, guide, data, *, num_samples=500, batch_size=None, particle_chunk=None, progress=False
+) -> torch.Tensor:
     """Per-datapoint importance-weighted estimate of −log p(x) in nats, shape ``(N,)``.
 
     See :func:`importance_sample` (which also returns k̂, ESS and the Monte-Carlo variance)
@@ -236,6 +261,13 @@ def importance_weighted_nll(model, guide, data, *, num_samples=500, batch_size=N
     its standard error.
     """
     return importance_sample(
-        model, guide, data, num_samples=num_samples, batch_size=batch_size,
-        particle_chunk=particle_chunk, keep_log_weights=False, pareto=False, progress=progress,
+        model,
+        guide,
+        data,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        particle_chunk=particle_chunk,
+        keep_log_weights=False,
+        pareto=False,
+        progress=progress,
     ).nll

@@ -3,7 +3,6 @@ KL and latent traversals. Each function takes tensors/arrays and returns a matpl
 ``Figure`` (Agg backend, no display needed); :func:`save_figure` writes a PNG atomically.
 """
 
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,7 +14,11 @@ from ..checkpoint import atomic_path  # noqa: E402
 
 
 def _np(a):
-    return a.detach().cpu().double().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=float)
+    return (
+        a.detach().cpu().double().numpy()
+        if isinstance(a, torch.Tensor)
+        else np.asarray(a, dtype=float)
+    )
 
 
 def is_image_shape(data_shape) -> bool:
@@ -43,7 +46,9 @@ def plot_embedding(codes, labels=None, *, method="tsne", max_points=3000, seed=0
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30, max(2, (len(codes) - 1) // 3)))
-        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+        xy = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", random_state=seed
+        ).fit_transform(codes)
         name = f"t-SNE (perplexity {perplexity:g})"
     elif method == "pca":
         from sklearn.decomposition import PCA
@@ -61,8 +66,12 @@ def plot_embedding(codes, labels=None, *, method="tsne", max_points=3000, seed=0
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
         for i, c in enumerate(classes):
             mask = labels == c
-            ax.scatter(xy[mask, 0], xy[mask, 1], s=4, alpha=0.7, color=cmap(i % cmap.N), label=f"{c:g}")
-        ax.legend(title="label", markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+            ax.scatter(
+                xy[mask, 0], xy[mask, 1], s=4, alpha=0.7, color=cmap(i % cmap.N), label=f"{c:g}"
+            )
+        ax.legend(
+            title="label", markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5)
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"Posterior means, {name}, {len(codes)} points")
@@ -74,7 +83,9 @@ def plot_image_rows(rows, *, row_labels=None, title=None, col_labels=None):
     """A grid of images: ``rows`` is a list of tensors of shape ``(n_cols, *image_shape)``."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     size = 0.9
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols + 1.2, size * n_rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(size * n_cols + 1.2, size * n_rows + 0.6), squeeze=False
+    )
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i, j]
@@ -98,9 +109,14 @@ def plot_reconstructions(originals, reconstructions, *, num_columns=10, title=No
     """Pairs of rows: originals above their reconstructions (decoded posterior means)."""
     rows, labels = [], []
     for start in range(0, len(originals), num_columns):
-        rows += [originals[start : start + num_columns], reconstructions[start : start + num_columns]]
+        rows += [
+            originals[start : start + num_columns],
+            reconstructions[start : start + num_columns],
+        ]
         labels += ["data", "recon."]
-    return plot_image_rows(rows, row_labels=labels, title=title or "Data and reconstructions (mean of p(x|E[z|x]))")
+    return plot_image_rows(
+        rows, row_labels=labels, title=title or "Data and reconstructions (mean of p(x|E[z|x]))"
+    )
 
 
 def plot_samples(samples, *, num_columns=10, title=None):
@@ -123,7 +139,10 @@ def plot_kl_per_dimension(kl_per_dim, *, variances=None, threshold=0.01, title=N
     ax.set_ylabel("KL (nats)")
     ax.set_xlim(-0.7, len(kl) - 0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title or f"KL per dimension: total {kl.sum():.2f} nats, {int(active.sum())} of {len(kl)} active")
+    ax.set_title(
+        title
+        or f"KL per dimension: total {kl.sum():.2f} nats, {int(active.sum())} of {len(kl)} active"
+    )
     fig.tight_layout()
     return fig
 
@@ -132,7 +151,9 @@ def plot_traversals(images, dims, values, *, title=None):
     """Latent traversals: ``images[i, j]`` decodes z with dimension ``dims[i]`` set to ``values[j]``."""
     rows = [images[i] for i in range(len(dims))]
     return plot_image_rows(
-        rows, row_labels=[f"z{d}" for d in dims], col_labels=[f"{v:+.1f}" for v in values],
+        rows,
+        row_labels=[f"z{d}" for d in dims],
+        col_labels=[f"{v:+.1f}" for v in values],
         title=title or "Latent traversals (others at a datapoint's posterior mean)",
     )
 

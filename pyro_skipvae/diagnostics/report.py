@@ -107,7 +107,11 @@ def diagnose(
     chunk_size = 100 if chunk_size is None else chunk_size
     timings = {}
     tic = time.perf_counter()
-    post = guide if isinstance(guide, Posteriors) else Posteriors(guide, data, chunk_size=chunk_size, progress=progress)
+    post = (
+        guide
+        if isinstance(guide, Posteriors)
+        else Posteriors(guide, data, chunk_size=chunk_size, progress=progress)
+    )
     timings["encode"] = time.perf_counter() - tic
     n = post.num_points
     metrics = {"num_points": n, "latent_dim": post.latent_dim, "log_n": math.log(n), "seed": seed}
@@ -115,7 +119,10 @@ def diagnose(
     per = {}
 
     tic = time.perf_counter()
-    elbos = [elbo_terms(model, post.guide(s, s + x.shape[0]), x)[0] for (x, _, _), s in zip(post.chunks(), post.starts)]
+    elbos = [
+        elbo_terms(model, post.guide(s, s + x.shape[0]), x)[0]
+        for (x, _, _), s in zip(post.chunks(), post.starts)
+    ]
     elbo = mean_and_se(torch.cat(elbos))
     kl = expected_kl(model, post)
     per["elbo"], per["kl"] = elbo.per_datapoint, kl.per_datapoint
@@ -133,7 +140,9 @@ def diagnose(
     timings["elbo_kl"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    terms = aggregate_posterior_terms(model, post, None, num_samples=mi_num_samples, progress=progress)
+    terms = aggregate_posterior_terms(
+        model, post, None, num_samples=mi_num_samples, progress=progress
+    )
     mi, agg = terms["mi"], terms["agg_kl"]
     per["mi"], per["agg_kl"] = mi.per_datapoint, agg.per_datapoint
     metrics.update(mi=float(mi), mi_se=mi.se, agg_kl=float(agg), agg_kl_se=agg.se)
@@ -154,8 +163,12 @@ def diagnose(
         except NotImplementedError as e:  # a non-Gaussian guide whose chunks cannot be re-cut
             logger.warning("no minibatch MI: %s", e)
     if mb is not None:
-        metrics.update(mi_minibatch=float(mb), mi_minibatch_se=mb.se, mi_minibatch_cap=mb.info["cap"])
-        estimators["mi_minibatch"] = f"{mb.estimator}: capped at log {mi_batch_size} = {math.log(mi_batch_size):.3f}"
+        metrics.update(
+            mi_minibatch=float(mb), mi_minibatch_se=mb.se, mi_minibatch_cap=mb.info["cap"]
+        )
+        estimators["mi_minibatch"] = (
+            f"{mb.estimator}: capped at log {mi_batch_size} = {math.log(mi_batch_size):.3f}"
+        )
 
     codes = post.means()
     variances = posterior_mean_variance(post, None)
@@ -171,8 +184,12 @@ def diagnose(
     if num_samples:
         tic = time.perf_counter()
         iw = importance_sample(
-            model, post, num_samples=num_samples, batch_size=iw_batch_size or post.chunk_size,
-            keep_log_weights=keep_log_weights, progress=progress,
+            model,
+            post,
+            num_samples=num_samples,
+            batch_size=iw_batch_size or post.chunk_size,
+            keep_log_weights=keep_log_weights,
+            progress=progress,
         )
         nll = iw.estimate()
         summary = iw.pareto_summary()
@@ -180,9 +197,15 @@ def diagnose(
         if keep_log_weights:
             per["log_weights"] = iw.log_weights
         metrics.update(
-            nll=float(nll), nll_se=nll.se, nll_mc_se=nll.info["mc_se"], nll_num_samples=num_samples,
-            pareto_k_share_above=summary["share_above"], pareto_k_share_above_0_5=summary["share_above_0.5"],
-            pareto_k_max=summary["max"], pareto_k_threshold=summary["threshold"], pareto_warning=summary["warning"],
+            nll=float(nll),
+            nll_se=nll.se,
+            nll_mc_se=nll.info["mc_se"],
+            nll_num_samples=num_samples,
+            pareto_k_share_above=summary["share_above"],
+            pareto_k_share_above_0_5=summary["share_above_0.5"],
+            pareto_k_max=summary["max"],
+            pareto_k_threshold=summary["threshold"],
+            pareto_warning=summary["warning"],
         )
         estimators["nll"] = (
             f"{nll.estimator}; nll_se = std over points/sqrt(N), nll_mc_se = Monte-Carlo part "
@@ -194,22 +217,36 @@ def diagnose(
         per["label"] = labels
         if train_data is not None and train_labels is not None:
             tic = time.perf_counter()
-            train_codes = None if isinstance(guide, Posteriors) else Posteriors(
-                guide, train_data, chunk_size=chunk_size, progress=progress).means()
+            train_codes = (
+                None
+                if isinstance(guide, Posteriors)
+                else Posteriors(guide, train_data, chunk_size=chunk_size, progress=progress).means()
+            )
             if train_codes is None:
-                logger.warning("no classification accuracy: pass a guide, not Posteriors, to encode train_data")
+                logger.warning(
+                    "no classification accuracy: pass a guide, not Posteriors, to encode train_data"
+                )
             else:
-                acc = classification_accuracy(train_codes, train_labels, codes, labels, classifiers=classifiers)
+                acc = classification_accuracy(
+                    train_codes, train_labels, codes, labels, classifiers=classifiers
+                )
                 for name, r in acc.items():
                     key = "accuracy" if name == "logistic" else f"accuracy_{name}"
                     metrics.update({key: r["accuracy"], f"{key}_se": r["accuracy_se"]})
-                    estimators[key] = f"{r['classifier']}; fitted on {r['num_train']} training points"
+                    estimators[key] = (
+                        f"{r['classifier']}; fitted on {r['num_train']} training points"
+                    )
                 metrics["classifier_num_train"] = int(train_codes.shape[0])
             timings["accuracy"] = time.perf_counter() - tic
     metrics["estimators"] = estimators
     metrics["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-    return {"metrics": metrics, "per_datapoint": per, "codes": codes, "kl_per_dim": kl_dims_mean,
-            "posterior_mean_variance": variances}
+    return {
+        "metrics": metrics,
+        "per_datapoint": per,
+        "codes": codes,
+        "kl_per_dim": kl_dims_mean,
+        "posterior_mean_variance": variances,
+    }
 
 
 # ---------------------------------------------------------------------------- plots
@@ -228,8 +265,19 @@ def prior_sample(model, x_like):
     return trace.nodes[LATENT_SITE]["fn"].sample()
 
 
-def plot_diagnostics(model, data, result, out_dir, *, labels=None, embedding="tsne", max_points=3000,
-                     autoregressive=False, prefix="", seed=0) -> list[str]:
+def plot_diagnostics(
+    model,
+    data,
+    result,
+    out_dir,
+    *,
+    labels=None,
+    embedding="tsne",
+    max_points=3000,
+    autoregressive=False,
+    prefix="",
+    seed=0,
+) -> list[str]:
     """Write the PNGs for a :func:`diagnose` result into ``out_dir``; return their paths.
 
     ``embedding.png`` (t-SNE or PCA of posterior means, coloured by label), and for image
@@ -248,17 +296,31 @@ def plot_diagnostics(model, data, result, out_dir, *, labels=None, embedding="ts
         paths.append(str(path))
 
     codes = result["codes"]
-    save(plots.plot_embedding(codes, labels, method=embedding, max_points=max_points, seed=seed), "embedding.png")
+    save(
+        plots.plot_embedding(codes, labels, method=embedding, max_points=max_points, seed=seed),
+        "embedding.png",
+    )
     if result["kl_per_dim"] is not None:
         threshold = result["metrics"]["au_threshold"]
-        save(plots.plot_kl_per_dimension(result["kl_per_dim"], variances=result["posterior_mean_variance"],
-                                         threshold=threshold), "kl_per_dim.png")
+        save(
+            plots.plot_kl_per_dimension(
+                result["kl_per_dim"],
+                variances=result["posterior_mean_variance"],
+                threshold=threshold,
+            ),
+            "kl_per_dim.png",
+        )
     data_shape = tuple(data.shape[1:])
     if plots.is_image_shape(data_shape) and not autoregressive:
         x = data[:20]
-        save(plots.plot_reconstructions(x, decode_mean(model, codes[:20], x)), "reconstructions.png")
+        save(
+            plots.plot_reconstructions(x, decode_mean(model, codes[:20], x)), "reconstructions.png"
+        )
         x_like = data[:30]
-        save(plots.plot_samples(decode_mean(model, prior_sample(model, x_like), x_like)), "samples.png")
+        save(
+            plots.plot_samples(decode_mean(model, prior_sample(model, x_like), x_like)),
+            "samples.png",
+        )
         kl = result["kl_per_dim"]
         if kl is None:
             kl = result["posterior_mean_variance"]
@@ -271,9 +333,15 @@ def plot_diagnostics(model, data, result, out_dir, *, labels=None, embedding="ts
         flat = z.reshape(-1, z.shape[-1])
         x_like = data[:1].expand(flat.shape[0], *data_shape)
         images = decode_mean(model, flat, x_like).reshape(len(dims), len(values), *data_shape)
-        save(plots.plot_traversals(images, dims, values.tolist(),
-                                   title="Latent traversals of the 8 dims with most KL (others at E[z|x_0])"),
-             "traversals.png")
+        save(
+            plots.plot_traversals(
+                images,
+                dims,
+                values.tolist(),
+                title="Latent traversals of the 8 dims with most KL (others at E[z|x_0])",
+            ),
+            "traversals.png",
+        )
     return paths
 
 
@@ -290,7 +358,11 @@ def per_datapoint_dataset(result, *, attrs=None):
         d = ("datapoint", "particle") if name == "log_weights" else dims[value.dim()]
         variables[name] = (d, value.numpy())
     metrics = result["metrics"]
-    plain = {k: v for k, v in metrics.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    plain = {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, int | float | str) and not isinstance(v, bool)
+    }
     return xr.Dataset(variables, attrs={**plain, **(attrs or {})})
 
 
@@ -310,12 +382,18 @@ def _cell(metrics, key, digits=2):
         se = metrics.get(f"{key}_se")
         return f"{100 * value:.2f}" + (f" ± {100 * se:.2f}" if se is not None else "")
     se = metrics.get(f"{key}_se")
-    return f"{value:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None and math.isfinite(se) else "")
+    return f"{value:.{digits}f}" + (
+        f" ± {se:.{digits}f}" if se is not None and math.isfinite(se) else ""
+    )
 
 
 def format_table(metrics: dict) -> str:
     """A readable two-column table of one :func:`diagnose` result's metrics."""
-    rows = [(f"{label} ({unit})", _cell(metrics, key)) for key, label, unit in TABLE_ROWS if key in metrics]
+    rows = [
+        (f"{label} ({unit})", _cell(metrics, key))
+        for key, label, unit in TABLE_ROWS
+        if key in metrics
+    ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b}" for a, b in rows]
     if metrics.get("pareto_warning"):
@@ -333,11 +411,17 @@ def compare_table(named_metrics) -> tuple[str, str]:
     header = ["metric", *names]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, label, unit in keys:
-        md.append("| " + " | ".join([f"{label} ({unit})", *(_cell(m, key) for _, m in named_metrics)]) + " |")
+        md.append(
+            "| "
+            + " | ".join([f"{label} ({unit})", *(_cell(m, key) for _, m in named_metrics)])
+            + " |"
+        )
     extra = ["split", "num_points", "nll_num_samples", "refine_steps"]
     for key in extra:
         if any(key in m for _, m in named_metrics):
-            md.append("| " + " | ".join([key, *(str(m.get(key, "–")) for _, m in named_metrics)]) + " |")
+            md.append(
+                "| " + " | ".join([key, *(str(m.get(key, "–")) for _, m in named_metrics)]) + " |"
+            )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     csv_keys = []

@@ -6,4 +6,11 @@ from .fit import train
 from .semi_amortized import MODES as SEMI_AMORTIZED_MODES
 from .semi_amortized import SemiAmortizedSVI
 
-__all__ = ["ELBOS", "INFERENCES", "LinearWarmup", "SEMI_AMORTIZED_MODES", "SemiAmortizedSVI", "train"]
+__all__ = [
+    "ELBOS",
+    "INFERENCES",
+    "LinearWarmup",
+    "SEMI_AMORTIZED_MODES",
+    "SemiAmortizedSVI",
+    "train",
+]

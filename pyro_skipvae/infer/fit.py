@@ -86,7 +86,10 @@ def train(
                 total += -loss / size * len(index)
                 bar.update()
                 if batch % 20 == 0:
-                    bar.set_postfix(elbo=f"{total / min(size, (batch + 1) * batch_size):.2f}", beta=f"{beta:.2f}")
+                    bar.set_postfix(
+                        elbo=f"{total / min(size, (batch + 1) * batch_size):.2f}",
+                        beta=f"{beta:.2f}",
+                    )
             record = {"epoch": epoch + 1, "train_elbo": total / size, "beta": beta}
             if evaluate is not None:
                 metrics = evaluate()

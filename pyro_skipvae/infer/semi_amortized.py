@@ -129,17 +129,31 @@ class SemiAmortizedSVI:
         refine_batch_size=None,
     ):
         if mode not in MODES:
-            raise ConfigError(f"unknown semi-amortized mode {mode!r}; expected one of: {', '.join(MODES)}")
-        if isinstance(num_refine_steps, bool) or not isinstance(num_refine_steps, int) or num_refine_steps < 1:
-            raise ConfigError(f"num_refine_steps must be a positive integer, found {num_refine_steps!r}")
+            raise ConfigError(
+                f"unknown semi-amortized mode {mode!r}; expected one of: {', '.join(MODES)}"
+            )
+        if (
+            isinstance(num_refine_steps, bool)
+            or not isinstance(num_refine_steps, int)
+            or num_refine_steps < 1
+        ):
+            raise ConfigError(
+                f"num_refine_steps must be a positive integer, found {num_refine_steps!r}"
+            )
         if not _positive(refine_lr):
             raise ConfigError(f"refine_lr must be positive, found {refine_lr!r}")
         if not isinstance(refine_momentum, int | float) or not 0 <= refine_momentum < 1:
             raise ConfigError(f"refine_momentum must lie in [0, 1), found {refine_momentum!r}")
         if refine_max_grad_norm is not None and not _positive(refine_max_grad_norm):
-            raise ConfigError(f"refine_max_grad_norm must be positive or None, found {refine_max_grad_norm!r}")
-        if refine_batch_size is not None and (not isinstance(refine_batch_size, int) or refine_batch_size < 1):
-            raise ConfigError(f"refine_batch_size must be a positive integer or None, found {refine_batch_size!r}")
+            raise ConfigError(
+                f"refine_max_grad_norm must be positive or None, found {refine_max_grad_norm!r}"
+            )
+        if refine_batch_size is not None and (
+            not isinstance(refine_batch_size, int) or refine_batch_size < 1
+        ):
+            raise ConfigError(
+                f"refine_batch_size must be a positive integer or None, found {refine_batch_size!r}"
+            )
         if not callable(getattr(loss, "differentiable_loss", None)):
             raise ConfigError(
                 f"semi-amortized inference needs an ELBO with differentiable_loss (Trace_ELBO, "
@@ -152,7 +166,9 @@ class SemiAmortizedSVI:
         self.num_refine_steps = num_refine_steps
         self.refine_lr = float(refine_lr)
         self.refine_momentum = float(refine_momentum)
-        self.refine_max_grad_norm = None if refine_max_grad_norm is None else float(refine_max_grad_norm)
+        self.refine_max_grad_norm = (
+            None if refine_max_grad_norm is None else float(refine_max_grad_norm)
+        )
         self.mode = mode
         self.refine_batch_size = refine_batch_size
         self._train_batch_size = None
@@ -301,7 +317,9 @@ class SemiAmortizedSVI:
             x = data[start : start + chunk]
             refined = self.refine(x)  # no create_graph: cuDNN's RNNs are fine here
             with torch.no_grad():
-                elbo, kl = elbo_terms(self.model, self.guide, x, guide_kwargs={"local_params": refined})
+                elbo, kl = elbo_terms(
+                    self.model, self.guide, x, guide_kwargs={"local_params": refined}
+                )
                 amortized, _ = elbo_terms(self.model, self.guide, x)
             refined_elbo += elbo.sum().item()
             refined_kl += kl.sum().item()
@@ -320,7 +338,12 @@ class SemiAmortizedSVI:
 
 
 def _positive(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _has_cuda_rnn(*modules) -> bool:
