@@ -300,14 +300,13 @@ class SkipVAE:
             history.append(record)
             if run_dir is None:
                 return
+            weights = self._state_dict(config, record["epoch"])
             score = record.get("val_elbo", record["train_elbo"])
             if score > best:
                 best = score
-                checkpoint.atomic_save(
-                    self._state_dict(config, record["epoch"]), run_dir / BEST_FILE
-                )
-            state = self._state_dict(config, record["epoch"])
-            state.update(
+                checkpoint.atomic_save(weights, run_dir / BEST_FILE)
+            state = dict(
+                weights,
                 optimizer=optim.get_state(),
                 rng=checkpoint.get_rng_state(),
                 generator=generator.get_state(),
