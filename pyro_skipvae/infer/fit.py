@@ -7,6 +7,7 @@ for the plate) and ``beta`` (KL weight) and returns the loss as a float.
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 
@@ -59,6 +60,8 @@ def train(
         total=num_epochs * num_batches,
         initial=start_epoch * num_batches,
         disable=not progress,
+        # Redirected to a file, redraw rarely instead of writing thousands of updates.
+        mininterval=0.1 if sys.stderr.isatty() else 15.0,
         unit="step",
         dynamic_ncols=True,
     )
