@@ -15,7 +15,9 @@ import click
 
 from pyro_skipvae import SkipVAE
 from pyro_skipvae.data import BINARIZATIONS, IMAGE_DATASETS, load_dataset
+from pyro_skipvae.diagnostics import format_table
 from pyro_skipvae.errors import ConfigError, SkipVAEError
+from pyro_skipvae.evaluation import compare_runs, diagnose_run
 from pyro_skipvae.infer import ELBOS, INFERENCES, SEMI_AMORTIZED_MODES
 from pyro_skipvae.models import DECODERS, LIKELIHOODS, PRIORS
 
@@ -71,6 +73,14 @@ class IntList(click.ParamType):
 
 
 POSITIVE = click.IntRange(min=1)
+# Options shared by several commands, declared once so their defaults and help agree.
+DATA_DIR_OPTION = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder with the data sets [default: $SKIPVAE_DATA_DIR, else ../shared/data]",
+)
+DEVICE_OPTION = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -85,12 +95,7 @@ def cli(verbose):
 @click.option(
     "--dataset", default="mnist", help=f"{' | '.join(IMAGE_DATASETS)} | PATH.pt | PATH.npy"
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder with the data sets [default: $SKIPVAE_DATA_DIR, else ../shared/data]",
-)
+@DATA_DIR_OPTION
 @click.option("--decoder", type=click.Choice(DECODERS.names()), default="mlp")
 @click.option(
     "--skip/--no-skip",
@@ -171,7 +176,7 @@ def cli(verbose):
     "--val-size", type=POSITIVE, default=None, help="Use only the first N validation examples."
 )
 @click.option("--seed", type=int, default=0)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@DEVICE_OPTION
 @click.option(
     "--out",
     "run_dir",
@@ -296,12 +301,7 @@ def fit(
 @click.option(
     "--eval-size", type=POSITIVE, default=None, help="Evaluate the first N examples only."
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder with the data sets [default: $SKIPVAE_DATA_DIR, else ../shared/data]",
-)
+@DATA_DIR_OPTION
 @click.option(
     "--refine-steps",
     type=click.IntRange(min=0),
@@ -332,7 +332,7 @@ def fit(
     "--keep-log-weights", is_flag=True, help="Store the N × K log-weights in the netCDF file."
 )
 @click.option("--seed", type=int, default=0)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@DEVICE_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def diagnose(
@@ -354,9 +354,6 @@ def diagnose(
 ):
     """Measure posterior collapse of a fitted run: ELBO, KL, MI, aggregate KL, active units,
     IW-NLL (with Pareto k̂) and posterior-mean accuracy; writes JSON, netCDF and PNGs."""
-    from pyro_skipvae.diagnostics import format_table
-    from pyro_skipvae.evaluation import diagnose_run
-
     result = diagnose_run(
         run_dir,
         split=split,
@@ -410,15 +407,12 @@ def diagnose(
 def compare(runs, names, fmt, out):
     """One table of several runs' diagnostics side by side (run `skipvae diagnose` first).
     RUNS are run directories holding diagnostics.json, or JSON files."""
-    from pyro_skipvae.checkpoint import atomic_write_text
-    from pyro_skipvae.evaluation import compare_runs
-
-    markdown, csv_text = compare_runs(runs, names=None if names is None else names.split(","))
+    markdown, csv_text = compare_runs(
+        runs, names=None if names is None else names.split(","), out=out
+    )
     click.echo(markdown if fmt == "markdown" else csv_text, nl=False)
     if out is not None:
         stem = os.path.splitext(out)[0]
-        atomic_write_text(stem + ".md", markdown)
-        atomic_write_text(stem + ".csv", csv_text)
         click.echo(f"written to {stem}.md and {stem}.csv")
 
 

@@ -238,11 +238,13 @@ def load_diagnostics(path) -> dict:
         raise DataError(f"{file} is unreadable ({e})") from None
 
 
-def compare_runs(paths, *, names=None) -> tuple[str, str]:
+def compare_runs(paths, *, names=None, out=None) -> tuple[str, str]:
     """Side-by-side table of several runs' diagnostics: ``(markdown, csv)``.
 
     :param paths: run directories (holding ``diagnostics.json``) or JSON files.
     :param names: column names (default: the folder name of each run).
+    :param out: if given, also write ``<out>.md`` and ``<out>.csv`` (any suffix of ``out``
+        is dropped), atomically.
     """
     paths = list(paths)
     if not paths:
@@ -256,4 +258,9 @@ def compare_runs(paths, *, names=None) -> tuple[str, str]:
             names[i] if names is not None else (p.name if p.is_dir() else p.parent.name or p.stem)
         )
         named.append((name, load_diagnostics(p)))
-    return compare_table(named)
+    markdown, csv_text = compare_table(named)
+    if out is not None:
+        stem = Path(out).with_suffix("")
+        checkpoint.atomic_write_text(stem.with_suffix(".md"), markdown)
+        checkpoint.atomic_write_text(stem.with_suffix(".csv"), csv_text)
+    return markdown, csv_text

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..diagnostics.elbo import elbo_terms
 from ..errors import ConfigError
+from .svi import apply_gradients
 
 logger = logging.getLogger(__name__)
 
@@ -283,11 +284,7 @@ class SemiAmortizedSVI:
         with self._rnn_context(), poutine.trace(param_only=True) as param_capture:
             loss, surrogate = self.loss_and_surrogate(x, size=size, beta=beta)
             surrogate.backward()
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        self.optim(params)
-        # Release rather than zero-fill the gradients (as our SVI does: see infer/svi.py).
-        for p in params:
-            p.grad = None
+        apply_gradients(self.optim, param_capture.trace)
         return loss.item()
 
     def evaluate_loss(self, x, *, size=None, beta=1.0):

@@ -19,8 +19,15 @@ class SVI(pyro.infer.SVI):
     def step(self, *args, **kwargs):
         with poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        self.optim(params)
-        for p in params:
-            p.grad = None
+        apply_gradients(self.optim, param_capture.trace)
         return loss.item() if hasattr(loss, "item") else float(loss)
+
+
+def apply_gradients(optim, param_trace) -> None:
+    """Step ``optim`` (a :class:`pyro.optim.PyroOptim`) on every parameter recorded in
+    ``param_trace`` (from ``poutine.trace(param_only=True)`` around the backward pass), then
+    release their gradients (``grad = None``, not a zero-filled copy: see :class:`SVI`)."""
+    params = {site["value"].unconstrained() for site in param_trace.nodes.values()}
+    optim(params)
+    for p in params:
+        p.grad = None
