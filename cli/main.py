@@ -3,9 +3,15 @@
 Exit status: 0 success, 1 runtime failure (bad data, corrupt files, NaN loss), 2 usage
 error (bad option values, a run directory holding another configuration), 130 interrupted.
 Errors print one line, ``error: …``; set ``SKIPVAE_DEBUG=1`` to see the traceback.
+
+The library (and with it torch and Pyro) is imported inside the commands, so ``--help`` and
+usage errors answer at once. The few fixed choices below mirror the library's constants
+(``tests/test_cli.py`` checks that they agree); component names are free strings checked by
+the library's registries, whose errors list the valid names.
 """
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -13,13 +19,21 @@ import traceback
 
 import click
 
-from pyro_skipvae import SkipVAE
-from pyro_skipvae.data import BINARIZATIONS, IMAGE_DATASETS, load_dataset
-from pyro_skipvae.diagnostics import format_table
-from pyro_skipvae.errors import ConfigError, SkipVAEError
-from pyro_skipvae.evaluation import compare_runs, diagnose_run
-from pyro_skipvae.infer import ELBOS, INFERENCES, SEMI_AMORTIZED_MODES
-from pyro_skipvae.models import DECODERS, LIKELIHOODS, PRIORS
+# Mirrors of pyro_skipvae constants (checked against them by the tests).
+BINARIZATIONS = ("dynamic", "threshold", "none")
+IMAGE_DATASETS = ("mnist", "fashion-mnist")
+SEMI_AMORTIZED_MODES = ("end-to-end", "stop-gradient", "kl", "svi")
+REFINE_COORDINATES = ("log-variance", "log-scale")
+OPTIMIZERS = ("adam", "sgd")
+LR_DECAYS = ("none", "plateau")
+COMPONENTS = {
+    "decoder": "mlp",
+    "encoder": "mlp",
+    "prior": "normal | learned-normal | mixture",
+    "likelihood": "bernoulli | continuous-bernoulli | normal | categorical",
+    "elbo": "trace | mean-field | renyi | iwae",
+    "inference": "svi | semi-amortized",
+}
 
 
 def _fail(message: str, status: int):
@@ -32,6 +46,8 @@ def handle_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from pyro_skipvae.errors import ConfigError, SkipVAEError
+
         try:
             return command(*args, **kwargs)
         except ConfigError as e:
@@ -72,15 +88,62 @@ class IntList(click.ParamType):
         return widths
 
 
+class KeyValue(click.ParamType):
+    """``KEY=VALUE``; the value is parsed as JSON where it parses (``3``, ``[9,7]``,
+    ``true``, ``null``), else kept as a string."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = str(value).partition("=")
+        if not sep or not key.strip():
+            self.fail(f"expected KEY=VALUE, found {value!r}", param, ctx)
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = text
+        return key.strip().replace("-", "_"), parsed
+
+
+class Device(click.ParamType):
+    """``cpu``, ``cuda`` or ``cuda:N``."""
+
+    name = "DEVICE"
+
+    def convert(self, value, param, ctx):
+        kind, _, index = str(value).partition(":")
+        if kind == "cpu" and not index or kind == "cuda" and (not index or index.isdigit()):
+            return str(value)
+        self.fail(f"expected cpu, cuda or cuda:N, found {value!r}", param, ctx)
+
+
+def _options(pairs) -> dict:
+    return dict(pairs or ())
+
+
 POSITIVE = click.IntRange(min=1)
+POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 # Options shared by several commands, declared once so their defaults and help agree.
 DATA_DIR_OPTION = click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Folder with the data sets [default: $SKIPVAE_DATA_DIR, else ../shared/data]",
+    help="Folder with the data sets [default: $SKIPVAE_DATA_DIR, else ../shared/data beside "
+    "the clone, else the user data folder]",
 )
-DEVICE_OPTION = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+DEVICE_OPTION = click.option("--device", type=Device(), default="cpu", help="cpu, cuda or cuda:N")
+
+
+def component_options(kind):
+    return click.option(
+        f"--{kind}-option",
+        f"{kind}_options",
+        type=KeyValue(),
+        multiple=True,
+        help=f"An option of the {kind}, repeatable (e.g. hidden_dims=[512,512]).",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -96,7 +159,11 @@ def cli(verbose):
     "--dataset", default="mnist", help=f"{' | '.join(IMAGE_DATASETS)} | PATH.pt | PATH.npy"
 )
 @DATA_DIR_OPTION
-@click.option("--decoder", type=click.Choice(DECODERS.names()), default="mlp")
+@click.option("--download", is_flag=True, help="Fetch MNIST / Fashion-MNIST if not found.")
+@click.option("--decoder", default="mlp", help=COMPONENTS["decoder"])
+@component_options("decoder")
+@click.option("--encoder", default="mlp", help=COMPONENTS["encoder"])
+@component_options("encoder")
 @click.option(
     "--skip/--no-skip",
     default=True,
@@ -106,22 +173,33 @@ def cli(verbose):
 @click.option(
     "--hidden-dims",
     type=IntList(),
-    default="1024,1024",
-    help="Hidden widths of encoder and decoder.",
+    default=None,
+    help="Hidden widths of the MLP encoder and decoder  [default: 1024,1024]",
 )
-@click.option("--prior", type=click.Choice(PRIORS.names()), default="normal")
-@click.option("--likelihood", type=click.Choice(LIKELIHOODS.names()), default="bernoulli")
+@click.option("--prior", default="normal", help=COMPONENTS["prior"])
+@component_options("prior")
+@click.option("--likelihood", default="bernoulli", help=COMPONENTS["likelihood"])
+@component_options("likelihood")
 @click.option(
     "--elbo",
-    type=click.Choice(ELBOS.names()),
     default="trace",
-    help="trace: Trace_ELBO (Monte-Carlo KL); mean-field: TraceMeanField_ELBO (analytic KL).",
+    help=COMPONENTS["elbo"] + " (trace: Monte-Carlo KL; mean-field: analytic KL; renyi and "
+    "iwae: per-datapoint bounds with --num-particles)",
 )
 @click.option(
+    "--num-particles", type=POSITIVE, default=1, help="Samples per datapoint of the ELBO."
+)
+@component_options("elbo")
+@click.option(
     "--inference",
-    type=click.Choice(INFERENCES.names()),
     default="svi",
     help="svi: amortized SVI; semi-amortized: refine each minibatch's q with SGD (SA-VAE).",
+)
+@click.option(
+    "--sa-mode",
+    type=click.Choice(SEMI_AMORTIZED_MODES),
+    default=None,
+    help="Semi-amortized: how the encoder learns  [default: end-to-end]",
 )
 @click.option(
     "--num-refine-steps",
@@ -131,7 +209,7 @@ def cli(verbose):
 )
 @click.option(
     "--refine-lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE_FLOAT,
     default=None,
     help="Semi-amortized: step size of the refinement  [default: 1.0]",
 )
@@ -142,19 +220,44 @@ def cli(verbose):
     help="Semi-amortized: momentum of the refinement  [default: 0.5]",
 )
 @click.option(
-    "--sa-mode",
-    type=click.Choice(SEMI_AMORTIZED_MODES),
+    "--refine-max-grad-norm",
+    type=POSITIVE_FLOAT,
     default=None,
-    help="Semi-amortized: how the encoder learns  [default: end-to-end]",
+    help="Semi-amortized: clip of each refinement gradient's norm  [default: 5.0]",
+)
+@click.option(
+    "--refine-coordinates",
+    type=click.Choice(REFINE_COORDINATES),
+    default=None,
+    help="Semi-amortized: refine (μ, log σ²), as the authors, or (μ, log σ)  [default: log-variance]",
 )
 @click.option("--num-epochs", type=POSITIVE, default=10)
 @click.option("--batch-size", type=POSITIVE, default=50)
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam")
+@click.option("--learning-rate", type=POSITIVE_FLOAT, default=1e-3)
 @click.option(
     "--clip-norm",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE_FLOAT,
     default=None,
-    help="Clamp every gradient element to ±this (ClippedAdam) [default: no clipping]",
+    help="Clip the global norm of the per-datapoint gradient (the authors: 5)  [default: no clipping]",
+)
+@click.option(
+    "--lr-decay",
+    type=click.Choice(LR_DECAYS),
+    default="none",
+    help="plateau: halve the learning rate once validation stalls (the authors' text recipe).",
+)
+@click.option(
+    "--lr-decay-min-epochs",
+    type=click.IntRange(min=0),
+    default=15,
+    help="No decay before this epoch.",
+)
+@click.option(
+    "--min-learning-rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="With --lr-decay plateau: stop once the learning rate falls below this.",
 )
 @click.option(
     "--kl-warmup-epochs",
@@ -187,102 +290,93 @@ def cli(verbose):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
-def fit(
-    dataset,
-    data_dir,
-    decoder,
-    skip,
-    latent_dim,
-    hidden_dims,
-    prior,
-    likelihood,
-    elbo,
-    inference,
-    num_refine_steps,
-    refine_lr,
-    refine_momentum,
-    sa_mode,
-    num_epochs,
-    batch_size,
-    learning_rate,
-    clip_norm,
-    kl_warmup_epochs,
-    kl_start,
-    binarize,
-    train_size,
-    val_size,
-    seed,
-    device,
-    run_dir,
-    resume,
-    quiet,
-):
+def fit(**o):
     """Fit a (skip-)VAE and write config.json, checkpoint.pt, best.pt and metrics.jsonl."""
-    inference_options = {
-        key: value
-        for key, value in [
-            ("num_refine_steps", num_refine_steps),
-            ("refine_lr", refine_lr),
-            ("refine_momentum", refine_momentum),
-            ("mode", sa_mode),
-        ]
-        if value is not None
+    from pyro_skipvae import SkipVAE
+    from pyro_skipvae.data import load_dataset
+    from pyro_skipvae.errors import ConfigError
+
+    refinement = {
+        "mode": o["sa_mode"],
+        "num_refine_steps": o["num_refine_steps"],
+        "refine_lr": o["refine_lr"],
+        "refine_momentum": o["refine_momentum"],
+        "refine_max_grad_norm": o["refine_max_grad_norm"],
+        "refine_coordinates": o["refine_coordinates"],
     }
-    if inference_options and inference != "semi-amortized":
+    inference_options = {k: v for k, v in refinement.items() if v is not None}
+    if inference_options and o["inference"] != "semi-amortized":
         raise ConfigError(
-            f"--num-refine-steps, --refine-lr, --refine-momentum and --sa-mode apply to "
-            f"--inference semi-amortized, found --inference {inference}"
+            "--sa-mode, --num-refine-steps and the --refine-* options apply to "
+            f"--inference semi-amortized, found --inference {o['inference']}"
         )
-    splits = load_dataset(dataset, data_dir=data_dir, train_size=train_size, val_size=val_size)
-    if binarize is None:
-        binarize = "dynamic" if dataset in IMAGE_DATASETS else "none"
+    splits = load_dataset(
+        o["dataset"],
+        data_dir=o["data_dir"],
+        train_size=o["train_size"],
+        val_size=o["val_size"],
+        download=o["download"],
+    )
+    binarize = o["binarize"] or ("dynamic" if o["dataset"] in IMAGE_DATASETS else "none")
+    run_dir = o["run_dir"]
     if run_dir is None:
-        kind = ("skip-" if skip else "") + ("sa-vae" if inference == "semi-amortized" else "vae")
-        run_dir = os.path.join("runs", f"{splits.name}-{kind}-z{latent_dim}")
+        kind = ("skip-" if o["skip"] else "") + (
+            "sa-vae" if o["inference"] == "semi-amortized" else "vae"
+        )
+        run_dir = os.path.join("runs", f"{splits.name}-{kind}-z{o['latent_dim']}")
     vae = SkipVAE(
         splits.data_shape,
-        latent_dim=latent_dim,
-        hidden_dims=hidden_dims,
-        skip=skip,
-        decoder=decoder,
-        prior=prior,
-        likelihood=likelihood,
-        device=device,
-        seed=seed,
+        latent_dim=o["latent_dim"],
+        hidden_dims=o["hidden_dims"],
+        skip=o["skip"],
+        **{kind: o[kind] for kind in ("decoder", "encoder", "prior", "likelihood")},
+        **{
+            f"{k}_options": _options(o[f"{k}_options"])
+            for k in ("decoder", "encoder", "prior", "likelihood")
+        },
+        device=o["device"],
+        seed=o["seed"],
     )
     history = vae.fit(
         splits.train,
         val=splits.val,
-        num_epochs=num_epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        clip_norm=clip_norm,
-        kl_warmup_epochs=kl_warmup_epochs,
-        kl_start=kl_start,
-        elbo=elbo,
-        inference=inference,
+        run_dir=run_dir,
+        resume=o["resume"],
+        progress=not o["quiet"],
+        run_info={"dataset": splits.name, "train_size": o["train_size"], "val_size": o["val_size"]},
+        num_epochs=o["num_epochs"],
+        batch_size=o["batch_size"],
+        optimizer=o["optimizer"],
+        learning_rate=o["learning_rate"],
+        clip_norm=o["clip_norm"],
+        lr_decay=o["lr_decay"],
+        lr_decay_min_epochs=o["lr_decay_min_epochs"],
+        min_learning_rate=o["min_learning_rate"],
+        kl_warmup_epochs=o["kl_warmup_epochs"],
+        kl_start=o["kl_start"],
+        elbo=o["elbo"],
+        num_particles=o["num_particles"],
+        elbo_options=_options(o["elbo_options"]),
+        inference=o["inference"],
         inference_options=inference_options,
         binarize=binarize,
-        seed=seed,
-        run_dir=run_dir,
-        resume=resume,
-        progress=not quiet,
-        run_info={"dataset": splits.name, "train_size": train_size, "val_size": val_size},
+        seed=o["seed"],
     )
     if not history:
-        raise ConfigError(f"nothing to do: no epochs to run (num_epochs={num_epochs})")
+        raise ConfigError(f"nothing to do: no epochs to run (num_epochs={o['num_epochs']})")
     last = history[-1]
-    best = max(history, key=lambda r: r["val_elbo"])
+    best = next(r for r in history if r["epoch"] == last["selected"])
+    bound = "refined validation ELBO" if o["inference"] == "semi-amortized" else "validation ELBO"
     click.echo(
-        f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, validation ELBO "
+        f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, {bound} "
         f"{last['val_elbo']:.2f} nats, KL {last['val_kl']:.2f} nats "
-        f"(best validation ELBO {best['val_elbo']:.2f} at epoch {best['epoch']}; "
+        f"(selected: epoch {best['epoch']}, {best['val_elbo']:.2f}; "
         f"{sum(r['seconds'] for r in history):.0f} s)"
     )
-    if "val_elbo_refined" in last:
+    if "val_elbo_amortized" in last:
         click.echo(
-            f"refined validation ELBO {last['val_elbo_refined']:.2f} nats, KL {last['val_kl_refined']:.2f} "
-            f"nats (amortization gap {last['val_amortization_gap']:.2f} nats)"
+            f"amortized validation ELBO {last['val_elbo_amortized']:.2f} nats, KL "
+            f"{last['val_kl_amortized']:.2f} nats (amortization gap {last['val_amortization_gap']:.2f} nats)"
         )
     click.echo(f"results in {run_dir}")
 
@@ -303,10 +397,13 @@ def fit(
 )
 @DATA_DIR_OPTION
 @click.option(
+    "--num-refine-steps",
     "--refine-steps",
+    "num_refine_steps",
     type=click.IntRange(min=0),
-    default=0,
-    help="Evaluate with semi-amortized refinement of q's local parameters (0: amortized).",
+    default=None,
+    help="Refinement steps of q's local parameters (0: the amortized encoder)  "
+    "[default: the run's own refinement for semi-amortized runs, else 0]",
 )
 @click.option(
     "--out",
@@ -316,7 +413,7 @@ def fit(
 )
 @click.option(
     "--au-threshold",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE_FLOAT,
     default=0.01,
     help="δ of active units: Var_x E[z_d|x] > δ.",
 )
@@ -335,47 +432,28 @@ def fit(
 @DEVICE_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
-def diagnose(
-    run_dir,
-    split,
-    num_samples,
-    eval_size,
-    data_dir,
-    refine_steps,
-    out,
-    au_threshold,
-    classifier_train_size,
-    embedding,
-    no_plots,
-    keep_log_weights,
-    seed,
-    device,
-    quiet,
-):
+def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
     """Measure posterior collapse of a fitted run: ELBO, KL, MI, aggregate KL, active units,
     IW-NLL (with Pareto k̂) and posterior-mean accuracy; writes JSON, netCDF and PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from pyro_skipvae.diagnostics import format_table
+    from pyro_skipvae.evaluation import diagnose_run
+
     result = diagnose_run(
         run_dir,
-        split=split,
-        num_samples=num_samples,
-        eval_size=eval_size,
-        data_dir=data_dir,
-        refine_steps=refine_steps,
-        out=out,
-        classifier_train_size=classifier_train_size,
-        au_threshold=au_threshold,
-        embedding=embedding,
+        num_refine_steps=num_refine_steps,
         plots=not no_plots,
-        keep_log_weights=keep_log_weights,
-        seed=seed,
-        device=device,
         progress=not quiet,
+        **options,
     )
     m = result["metrics"]
+    refined = m["num_refine_steps"]
     click.echo(
         f"{run_dir}: {m['split']} split, N = {m['num_points']}, {m['inference']} q"
-        + (f" ({refine_steps} refinement steps)" if refine_steps else "")
-        + (f", IW-NLL with K = {num_samples}" if num_samples else "")
+        + (f" ({refined} refinement steps)" if refined else "")
+        + (f", IW-NLL with K = {options['num_samples']}" if options["num_samples"] else "")
     )
     click.echo(format_table(m))
     for key in ("accuracy", "accuracy_knn"):
@@ -407,6 +485,8 @@ def diagnose(
 def compare(runs, names, fmt, out):
     """One table of several runs' diagnostics side by side (run `skipvae diagnose` first).
     RUNS are run directories holding diagnostics.json, or JSON files."""
+    from pyro_skipvae.evaluation import compare_runs
+
     markdown, csv_text = compare_runs(
         runs, names=None if names is None else names.split(","), out=out
     )

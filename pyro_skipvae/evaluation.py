@@ -12,11 +12,10 @@ import logging
 from pathlib import Path
 
 import torch
-from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from . import checkpoint
-from .data import EVAL_BINARIZATION_SEED, binarize_for_evaluation, load_dataset
+from .data import EVAL_BINARIZATION_SEED, load_dataset, prepare
 from .diagnostics.report import (
     compare_table,
     diagnose,
@@ -25,8 +24,10 @@ from .diagnostics.report import (
     write_netcdf,
 )
 from .errors import CheckpointError, ConfigError, DataError
-from .infer.semi_amortized import SemiAmortizedSVI
-from .skip_vae import BEST_FILE, CONFIG_FILE, SkipVAE
+from .infer import ELBOS, Refinement, refined_guide
+from .modes import evaluating
+from .run import BEST_FILE, CONFIG_FILE, read_config
+from .skip_vae import SkipVAE
 
 logger = logging.getLogger(__name__)
 
@@ -34,58 +35,51 @@ DIAGNOSTICS_FILE = "diagnostics.json"
 SPLITS = ("test", "val")
 
 
-def _read_config(run_dir: Path) -> dict:
-    path = run_dir / CONFIG_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{run_dir} is not a run directory: expected {CONFIG_FILE} there"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is unreadable ({e})") from None
+def run_refinement(vae, config, num_refine_steps=None):
+    """The guide a run is evaluated with, and the refinement settings behind it.
 
+    A semi-amortized run is evaluated as it was trained and selected: its local parameters
+    refined by the run's own :class:`~pyro_skipvae.infer.Refinement` (K, step size, momentum,
+    clip, coordinates from ``config.json``), from the encoder's output (from 0 in ``svi``
+    mode), in minibatches of the training batch size (the refinement step depends on it),
+    with the run's ELBO estimator. ``num_refine_steps`` overrides K; 0 gives the amortized
+    guide. Other runs are amortized unless ``num_refine_steps`` > 0 asks for the default
+    refinement.
 
-def refined_guide(vae, num_refine_steps, config=None):
-    """The guide with semi-amortized refinement of its local parameters (Kim et al. 2018).
-
-    Refines λ = (μ, log σ) by ``num_refine_steps`` steps of SGD with momentum on each
-    datapoint's ELBO, from the encoder's output, in minibatches of the run's training batch
-    size (the refinement step depends on it); refinement settings from the run's
-    ``inference_options`` when it was trained semi-amortized, else
-    :class:`~pyro_skipvae.infer.semi_amortized.SemiAmortizedSVI`'s defaults.
+    :returns: ``(guide, settings)``; ``settings`` is ``None`` for the amortized guide.
     """
-    train = (config or {}).get("train", {})
-    options = {
-        k: v
-        for k, v in (train.get("inference_options") or {}).items()
-        if k in ("refine_lr", "refine_momentum", "refine_max_grad_norm", "mode")
-    }
-    refiner = SemiAmortizedSVI(
-        vae.model,
-        vae.guide,
-        None,
-        Trace_ELBO(),
-        num_refine_steps=int(num_refine_steps),
-        refine_batch_size=int(train.get("batch_size", 50)),
-        **options,
+    train = config.get("train", {})
+    semi_amortized = train.get("inference") == "semi-amortized"
+    options = dict(train.get("inference_options") or {}) if semi_amortized else {}
+    if num_refine_steps is not None:
+        options["num_refine_steps"] = int(num_refine_steps)
+    refinement = Refinement.from_options(options)
+    if not (semi_amortized or num_refine_steps) or refinement.num_refine_steps == 0:
+        return vae.guide, None
+    elbo = Trace_ELBO()
+    if semi_amortized and isinstance(train.get("elbo"), str) and train["elbo"] in ELBOS:
+        elbo = ELBOS.build(
+            train["elbo"],
+            options={
+                "num_particles": train.get("num_particles", 1),
+                **train.get("elbo_options", {}),
+            },
+        )
+    initial_params = None
+    if options.get("mode") == "svi":
+
+        def initial_params(x):  # no encoder: start every datapoint at the prior, as in training
+            zeros = torch.zeros(x.shape[0], vae.config.latent_dim, device=x.device)
+            return zeros, zeros.clone()
+
+    batch_size = int(options.get("refine_batch_size") or train.get("batch_size", 50))
+    guide = refined_guide(
+        vae.model, vae.guide, elbo, refinement, batch_size=batch_size, initial_params=initial_params
     )
-
-    def guide(x, **kwargs):
-        b = refiner.refine_batch_size
-        # block: the refinement's own model/guide runs must not enter the caller's trace
-        with poutine.block():
-            parts = [refiner.refine(x[i : i + b]) for i in range(0, x.shape[0], b)]
-        local = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-        return vae.guide(x, local_params=local, **kwargs)
-
     settings = {
-        "num_refine_steps": int(num_refine_steps),
-        "refine_batch_size": refiner.refine_batch_size,
-        "refine_lr": refiner.refine_lr,
-        "refine_momentum": refiner.refine_momentum,
-        "refine_max_grad_norm": refiner.refine_max_grad_norm,
-        "mode": refiner.mode,
+        **refinement.options(),
+        "refine_batch_size": batch_size,
+        "mode": options.get("mode", "amortized encoder"),
     }
     return guide, settings
 
@@ -104,7 +98,7 @@ def diagnose_run(
     num_samples=500,
     eval_size=None,
     data_dir=None,
-    refine_steps=0,
+    num_refine_steps=None,
     out=None,
     classifier_train_size=None,
     au_threshold=0.01,
@@ -117,17 +111,19 @@ def diagnose_run(
 ) -> dict:
     """Run every diagnostic of :func:`pyro_skipvae.diagnostics.diagnose` on a fitted run.
 
-    Loads ``best.pt`` of ``run_dir`` and the run's data set (``config.json``), binarises the
-    evaluation split and the classifier's training images once with a fixed seed (as the
-    run's validation data were), and writes ``diagnostics.json`` (or ``out``), the
+    Loads ``best.pt`` of ``run_dir`` and the run's data set (``config.json``), prepares the
+    evaluation split and the classifier's training images as the run's validation data were
+    (binarised once with a fixed seed), and writes ``diagnostics.json`` (or ``out``), the
     per-datapoint results as netCDF (``<stem>.nc``, an xarray Dataset) and PNGs in
-    ``<stem>_plots/``, all atomically.
+    ``<stem>_plots/``, all atomically. The networks are in ``eval()`` mode throughout.
 
     :param str split: ``"test"`` (default) or ``"val"``.
     :param int num_samples: importance samples K of the IW-NLL (default 500; 0 skips it).
     :param int eval_size: evaluate the first ``eval_size`` examples of the split only.
-    :param int refine_steps: if > 0, evaluate q with semi-amortized refinement of this many
-        steps (see :func:`refined_guide`); the classifier's training codes are refined too.
+    :param int num_refine_steps: refinement steps of q's local parameters (see
+        :func:`run_refinement`): default ``None`` evaluates a semi-amortized run with its own
+        refinement and other runs amortized; 0 forces the amortized guide. The classifier's
+        training codes are refined too.
     :param int classifier_train_size: fit the classifiers on the first this-many training
         images (default: all of the data set's training split).
     :returns: dict with ``metrics`` (as written to JSON), ``paths`` and the :func:`diagnose`
@@ -138,16 +134,16 @@ def diagnose_run(
     for name, value in (("eval_size", eval_size), ("classifier_train_size", classifier_train_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be a positive integer, found {value}")
-    if num_samples < 0 or refine_steps < 0:
+    if num_samples < 0 or (num_refine_steps is not None and num_refine_steps < 0):
         raise ConfigError(
-            f"num_samples and refine_steps must be >= 0, found {num_samples} and {refine_steps}"
+            f"num_samples and num_refine_steps must be >= 0, found {num_samples} and {num_refine_steps}"
         )
     run_dir = Path(run_dir)
     if not (run_dir / BEST_FILE).is_file():
         raise CheckpointError(
             f"{run_dir} holds no {BEST_FILE}: expected a run directory written by `skipvae fit`"
         )
-    config = _read_config(run_dir)
+    config = read_config(run_dir)
     run = config.get("run", {})
     if "dataset" not in run:
         raise CheckpointError(
@@ -156,66 +152,62 @@ def diagnose_run(
     dataset = run["dataset"]
     mode = config.get("train", {}).get("binarize", "none")
     vae = SkipVAE.load(run_dir, device=device)
-    vae.model.eval()
-    vae.guide.eval()
+    likelihood = vae.model.likelihood
 
     splits = load_dataset(dataset, data_dir=data_dir)
     data, labels = splits.split(split)
     if eval_size is not None:
         data, labels = data[:eval_size], None if labels is None else labels[:eval_size]
-    data = binarize_for_evaluation(data, mode) if mode != "none" else data
-    vae.model.likelihood.validate(data, f"{split} data")
+    data = prepare(data, likelihood, binarization=mode, name=f"{split} data")
     train_data, train_labels = splits.train, splits.train_labels
     if classifier_train_size is not None:
         train_data = train_data[:classifier_train_size]
         train_labels = None if train_labels is None else train_labels[:classifier_train_size]
     if labels is not None and train_labels is not None:
-        train_data = binarize_for_evaluation(train_data, mode) if mode != "none" else train_data
+        train_data = prepare(train_data, likelihood, binarization=mode, name="training data")
     else:
         train_data = train_labels = None
 
-    guide, refinement = vae.guide, None
-    if refine_steps:
-        guide, refinement = refined_guide(vae, refine_steps, config)
+    guide, refinement = run_refinement(vae, config, num_refine_steps)
     dev = vae.device
-    result = diagnose(
-        vae.model,
-        guide,
-        data.to(dev),
-        labels=labels,
-        train_data=None if train_data is None else train_data.to(dev),
-        train_labels=train_labels,
-        num_samples=num_samples,
-        au_threshold=au_threshold,
-        keep_log_weights=keep_log_weights,
-        seed=seed,
-        progress=progress,
-    )
-    metrics = result["metrics"]
-    metrics.update(
-        run_dir=str(run_dir),
-        dataset=dataset,
-        split=split,
-        binarize=mode,
-        binarization_seed=EVAL_BINARIZATION_SEED if mode == "dynamic" else None,
-        refine_steps=int(refine_steps),
-        inference="semi-amortized" if refine_steps else "amortized",
-        refinement=refinement,
-        skip=vae.config.skip,
-        decoder=vae.config.decoder,
-    )
-    paths = output_paths(run_dir, out)
-    if plots:
-        metrics["plots"] = plot_diagnostics(
+    with evaluating(vae.model, vae.guide):
+        result = diagnose(
             vae.model,
+            guide,
             data.to(dev),
-            result,
-            paths["plots"],
             labels=labels,
-            embedding=embedding,
-            autoregressive=vae.model.decoder.autoregressive,
+            train_data=None if train_data is None else train_data.to(dev),
+            train_labels=train_labels,
+            num_samples=num_samples,
+            au_threshold=au_threshold,
+            keep_log_weights=keep_log_weights,
             seed=seed,
+            progress=progress,
         )
+        metrics = result["metrics"]
+        metrics.update(
+            run_dir=str(run_dir),
+            dataset=dataset,
+            split=split,
+            binarize=mode,
+            binarization_seed=EVAL_BINARIZATION_SEED if mode == "dynamic" else None,
+            num_refine_steps=0 if refinement is None else refinement["num_refine_steps"],
+            inference="amortized" if refinement is None else "semi-amortized",
+            refinement=refinement,
+            skip=vae.config.skip,
+            decoder=vae.config.decoder,
+        )
+        paths = output_paths(run_dir, out)
+        if plots:
+            metrics["plots"] = plot_diagnostics(
+                vae.model,
+                data.to(dev),
+                result,
+                paths["plots"],
+                labels=labels,
+                embedding=embedding,
+                seed=seed,
+            )
     metrics["netcdf"] = str(paths["netcdf"])
     write_netcdf(
         per_datapoint_dataset(result, attrs={"run_dir": str(run_dir), "split": split}),

@@ -1,4 +1,5 @@
-"""Name → factory registries, so priors, likelihoods, decoders and encoders are chosen by name.
+"""Name → factory registries, so priors, likelihoods, decoders, encoders, ELBOs, inference
+algorithms and classifiers are chosen by name.
 
 Users add their own with the decorator::
 
@@ -7,8 +8,13 @@ Users add their own with the decorator::
     @PRIORS.register("laplace")
     class LaplacePrior(Prior):
         ...
+
+A component's *options* are the keyword arguments of its factory that the library does not
+fill itself (e.g. a decoder's ``hidden_dims``, a likelihood's ``num_categories``); an unknown
+option is a :class:`~pyro_skipvae.errors.ConfigError` that names the valid ones.
 """
 
+import inspect
 from collections.abc import Callable, Iterator
 
 from .errors import ConfigError
@@ -38,12 +44,68 @@ class Registry:
                 f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}"
             ) from None
 
-    def build(self, name_or_object, *args, **kwargs):
-        """Build the component called ``name_or_object``; an object that is not a string is
-        returned unchanged, so users can pass their own instances."""
-        if isinstance(name_or_object, str):
-            return self.get(name_or_object)(*args, **kwargs)
-        return name_or_object
+    def options(self, name: str, *, filled=()) -> list[str] | None:
+        """The option names ``name``'s factory accepts, less the arguments in ``filled``
+        that the library passes itself; ``None`` when it takes ``**kwargs`` (anything goes)."""
+        parameters = inspect.signature(self.get(name)).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return None
+        return [
+            p.name
+            for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in filled
+        ]
+
+    def defaults(self, name: str, *, filled=()) -> dict:
+        """``{option: default}`` for the options of ``name`` that have a default."""
+        parameters = inspect.signature(self.get(name)).parameters.values()
+        return {
+            p.name: p.default
+            for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in filled
+            and p.default is not p.empty
+        }
+
+    def build(self, name_or_object, *args, options=None, **fixed):
+        """Build the component called ``name_or_object`` from ``args``, the library's own
+        keyword arguments ``fixed`` and the user's ``options``; an object that is not a
+        string is returned unchanged, so users can pass their own instances.
+
+        :raises ConfigError: unknown name, or an option the factory does not take.
+        """
+        options = dict(options or {})
+        if not isinstance(name_or_object, str):
+            if options:
+                raise ConfigError(
+                    f"options {sorted(options)} apply to a {self.kind} chosen by name; "
+                    f"a {type(name_or_object).__name__} instance was passed"
+                )
+            return name_or_object
+        factory = self.get(name_or_object)
+        valid = self.options(name_or_object, filled=self._filled(factory, len(args), fixed))
+        unknown = sorted(set(options) - set(valid)) if valid is not None else []
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} for {self.kind} {name_or_object!r}; "
+                f"valid options: {', '.join(valid) or 'none'}"
+            )
+        clash = sorted(set(options) & set(fixed))
+        if clash:
+            raise ConfigError(
+                f"option(s) {', '.join(clash)} of {self.kind} {name_or_object!r} are set by "
+                "pyro-skipvae itself and cannot be given as options"
+            )
+        return factory(*args, **fixed, **options)
+
+    @staticmethod
+    def _filled(factory, num_args, fixed) -> set[str]:
+        names = [
+            p.name
+            for p in inspect.signature(factory).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        return set(names[:num_args]) | set(fixed)
 
     def names(self) -> list[str]:
         return sorted(self._factories)

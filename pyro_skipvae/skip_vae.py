@@ -11,68 +11,145 @@
 
 import json
 import logging
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pyro
-import pyro.optim
 import torch
 
 from . import checkpoint
-from .data import BINARIZATIONS, binarize_for_evaluation
-from .data import binarize as binarize_data
+from .checks import check_positive
+from .data import BINARIZATIONS, binarize, prepare
 from .diagnostics import diagnose, evaluate_elbo
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError
 from .guides import ENCODERS, Guide
-from .infer import ELBOS, INFERENCES, LinearWarmup, train
+from .infer import ELBOS, INFERENCES, LinearWarmup, Optimizer, train
+from .infer.elbos import PerDatapointBound, is_nonlinear
+from .infer.optim import LR_DECAYS, OPTIMIZERS
 from .models import DECODERS, LIKELIHOODS, PRIORS, Model
+from .modes import evaluating
+from .run import BEST_FILE, CHECKPOINT_FORMAT, Run, load_weights, weights_state
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
-CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE = (
-    "config.json",
-    "checkpoint.pt",
-    "best.pt",
-    "metrics.jsonl",
-)
-# Options that may change between a run and its resumption without changing the result
-# of the epochs already done.
-RESUMABLE_CHANGES = {("train", "num_epochs"), ("run", "device")}
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model and guide (``config.json``'s ``"model"``)."""
+    """Everything needed to rebuild a model and guide (``config.json``'s ``"model"``).
+
+    Components are registry names; their options are the keyword arguments of the
+    component's factory, stored with their defaults filled in, so a run rebuilds identically.
+    """
 
     data_shape: tuple[int, ...]
     latent_dim: int = 32
-    hidden_dims: tuple[int, ...] = (1024, 1024)
     skip: bool = True
     decoder: str = "mlp"
     encoder: str = "mlp"
     prior: str = "normal"
     likelihood: str = "bernoulli"
+    decoder_options: dict = field(default_factory=dict)
+    encoder_options: dict = field(default_factory=dict)
     prior_options: dict = field(default_factory=dict)
     likelihood_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.data_shape = tuple(int(d) for d in self.data_shape)
-        self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
-        _check_positive(latent_dim=self.latent_dim)
+        check_positive(latent_dim=self.latent_dim)
         if not self.data_shape or min(self.data_shape) < 1:
             raise ConfigError(f"data_shape must be non-empty and positive, found {self.data_shape}")
-        if not self.hidden_dims or min(self.hidden_dims) < 1:
+
+
+@dataclass
+class TrainConfig:
+    """The options of :meth:`SkipVAE.fit` (``config.json``'s ``"train"``), with defaults.
+
+    :param int num_epochs: total epochs (default 10); on resume, the run continues to it.
+    :param int batch_size: minibatch size (default 50, as in the authors' image code).
+    :param str optimizer: ``"adam"`` (default) or ``"sgd"``; it steps on the gradient of the
+        per-datapoint loss (see :mod:`pyro_skipvae.infer.optim`).
+    :param float learning_rate: 1e-3 by default (the authors' images; text: SGD with 1).
+    :param float clip_norm: clip the global norm of the per-datapoint gradient at this value
+        (:func:`torch.nn.utils.clip_grad_norm_`; the authors use 5; default None: no clip).
+    :param str lr_decay: ``"none"`` (default) or ``"plateau"``: halve the learning rate when
+        the validation bound stalls, as the authors' text script does.
+    :param int lr_decay_min_epochs: a stall before this epoch does not start the decay (15).
+    :param float min_learning_rate: stop once the decayed rate is below this (default 0).
+    :param float kl_warmup_epochs: β rises linearly from ``kl_start`` to 1 over this many
+        epochs (default 10 from 0.1, as in the papers' scripts; 0 disables warm-up).
+    :param float kl_start: β at the start of training (default 0.1).
+    :param elbo: a name in :data:`~pyro_skipvae.infer.ELBOS` (``"trace"``, the default;
+        ``"mean-field"``, ``"renyi"``, ``"iwae"``) or a Pyro ELBO instance (a Rényi/IWAE
+        instance is wrapped in :class:`~pyro_skipvae.infer.elbos.PerDatapointBound`).
+    :param int num_particles: samples per datapoint of the ELBO (default 1; vectorised).
+    :param dict elbo_options: further options of a named ELBO (e.g. ``alpha`` of ``"renyi"``).
+    :param inference: ``"svi"`` (default), ``"semi-amortized"`` or an object with ``step``.
+    :param dict inference_options: options of a named inference (e.g. ``mode``,
+        ``num_refine_steps`` of ``"semi-amortized"``).
+    :param str binarize: ``"dynamic"`` (resampled every epoch), ``"threshold"`` or ``"none"``
+        (default); validation data are binarised once, with a fixed seed.
+    :param int seed: seeds the data order, binarisation and Monte-Carlo draws (default 0).
+    :param int eval_batch_size: minibatch size of validation (default 500).
+    """
+
+    num_epochs: int = 10
+    batch_size: int = 50
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    clip_norm: float | None = None
+    lr_decay: str = "none"
+    lr_decay_min_epochs: int = 15
+    min_learning_rate: float = 0.0
+    kl_warmup_epochs: float = 10.0
+    kl_start: float = 0.1
+    elbo: object = "trace"
+    num_particles: int = 1
+    elbo_options: dict = field(default_factory=dict)
+    inference: object = "svi"
+    inference_options: dict = field(default_factory=dict)
+    binarize: str = "none"
+    seed: int = 0
+    eval_batch_size: int = 500
+
+    def __post_init__(self):
+        check_positive(
+            num_epochs=self.num_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            eval_batch_size=self.eval_batch_size,
+            num_particles=self.num_particles,
+        )
+        if self.clip_norm is not None:
+            check_positive(clip_norm=self.clip_norm)
+        if self.kl_warmup_epochs < 0 or not 0 < self.kl_start <= 1:
             raise ConfigError(
-                f"hidden_dims must be one or more positive widths, found {self.hidden_dims}"
+                f"expected kl_warmup_epochs >= 0 and 0 < kl_start <= 1, found "
+                f"{self.kl_warmup_epochs} and {self.kl_start}"
             )
+        OPTIMIZERS.get(self.optimizer)
+        for name, value, valid in (
+            ("lr_decay", self.lr_decay, LR_DECAYS),
+            ("binarize", self.binarize, BINARIZATIONS),
+        ):
+            if value not in valid:
+                raise ConfigError(f"unknown {name} {value!r}; expected one of: {', '.join(valid)}")
+        self.elbo_options = dict(self.elbo_options or {})
+        self.inference_options = dict(self.inference_options or {})
 
+    @classmethod
+    def from_options(cls, options: dict) -> "TrainConfig":
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(
+                f"unknown fit option(s) {', '.join(unknown)}; valid options: "
+                + ", ".join(f.name for f in fields(cls))
+            )
+        return cls(**options)
 
-def _check_positive(**values):
-    for name, value in values.items():
-        if value is None or value <= 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise ConfigError(f"{name} must be positive, found {value}")
+    def to_json(self) -> dict:
+        values = asdict(self)
+        values["elbo"], values["inference"] = _name(self.elbo), _name(self.inference)
+        return _plain(values)
 
 
 def _name(component) -> str:
@@ -85,6 +162,19 @@ def _plain(obj):
     return json.loads(json.dumps(obj))
 
 
+def _component_options(registry, name, options, filled, hidden_dims=None):
+    """The options of a named component with its defaults filled in (and ``hidden_dims``
+    applied if the component takes it and the options do not set it)."""
+    options = dict(options or {})
+    if not isinstance(name, str):
+        return options, False
+    valid = registry.options(name, filled=filled)
+    takes_hidden = valid is None or "hidden_dims" in valid
+    if hidden_dims is not None and takes_hidden:
+        options.setdefault("hidden_dims", tuple(hidden_dims))
+    return _plain({**registry.defaults(name, filled=filled), **options}), takes_hidden
+
+
 class SkipVAE:
     r"""A VAE whose decoder may feed z into every layer (Dieng et al. 2019).
 
@@ -94,7 +184,8 @@ class SkipVAE:
 
     :param tuple data_shape: shape of one datapoint, e.g. ``(1, 28, 28)``.
     :param int latent_dim: size of z (default 32).
-    :param tuple hidden_dims: hidden widths of encoder and decoder (default ``(1024, 1024)``).
+    :param tuple hidden_dims: shorthand for the ``hidden_dims`` option of every component
+        that takes one (the MLP encoder and decoder; their default is ``(1024, 1024)``).
     :param bool skip: generative skip connections (default True).
     :param decoder: registry name in :data:`~pyro_skipvae.models.DECODERS` (default ``"mlp"``)
         or a :class:`~pyro_skipvae.models.Decoder` instance.
@@ -103,10 +194,11 @@ class SkipVAE:
         ``"learned-normal"``, ``"mixture"``) or a :class:`~pyro_skipvae.models.Prior`.
     :param likelihood: name in :data:`~pyro_skipvae.models.LIKELIHOODS` (``"bernoulli"``,
         ``"continuous-bernoulli"``, ``"normal"``, ``"categorical"``) or an instance.
-    :param dict prior_options: keyword arguments for a named prior (e.g. ``num_components``).
-    :param dict likelihood_options: keyword arguments for a named likelihood
-        (e.g. ``num_categories``).
-    :param str device: ``"cpu"`` (default) or ``"cuda"``.
+    :param dict decoder_options: options of a named decoder (e.g. ``hidden_dims``); likewise
+        ``encoder_options``, ``prior_options`` (e.g. ``num_components``) and
+        ``likelihood_options`` (e.g. ``num_categories``). An unknown option is a
+        :class:`~pyro_skipvae.errors.ConfigError` naming the valid ones.
+    :param str device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
     :param int seed: if given, seeds Pyro's RNGs before the weights are initialised.
     """
 
@@ -115,41 +207,57 @@ class SkipVAE:
         data_shape,
         *,
         latent_dim=32,
-        hidden_dims=(1024, 1024),
+        hidden_dims=None,
         skip=True,
         decoder="mlp",
         encoder="mlp",
         prior="normal",
         likelihood="bernoulli",
+        decoder_options=None,
+        encoder_options=None,
         prior_options=None,
         likelihood_options=None,
         device=None,
         seed=None,
     ):
+        decoder_options, decoder_hidden = _component_options(
+            DECODERS, decoder, decoder_options, ("latent_dim", "output_shape", "skip"), hidden_dims
+        )
+        encoder_options, encoder_hidden = _component_options(
+            ENCODERS, encoder, encoder_options, ("data_shape", "latent_dim"), hidden_dims
+        )
+        if hidden_dims is not None and not (decoder_hidden or encoder_hidden):
+            raise ConfigError(
+                f"hidden_dims sets the MLPs' widths, but neither decoder {_name(decoder)!r} nor "
+                f"encoder {_name(encoder)!r} takes it; use their options instead"
+            )
         self.config = ModelConfig(
             data_shape,
             latent_dim,
-            hidden_dims,
-            skip,
+            bool(skip),
             _name(decoder),
             _name(encoder),
             _name(prior),
             _name(likelihood),
-            dict(prior_options or {}),
-            dict(likelihood_options or {}),
+            decoder_options,
+            encoder_options,
+            _component_options(PRIORS, prior, prior_options, ("latent_dim",))[0],
+            _component_options(LIKELIHOODS, likelihood, likelihood_options, ("data_shape",))[0],
         )
         if seed is not None:
             pyro.set_rng_seed(seed)
         c = self.config
-        likelihood = LIKELIHOODS.build(likelihood, c.data_shape, **c.likelihood_options)
+        likelihood = LIKELIHOODS.build(likelihood, c.data_shape, options=c.likelihood_options)
         decoder = DECODERS.build(
-            decoder, c.latent_dim, likelihood.param_shape, hidden_dims=c.hidden_dims, skip=c.skip
+            decoder, c.latent_dim, likelihood.param_shape, skip=c.skip, options=c.decoder_options
         )
-        prior = PRIORS.build(prior, c.latent_dim, **c.prior_options)
-        encoder = ENCODERS.build(encoder, c.data_shape, c.latent_dim, hidden_dims=c.hidden_dims)
+        prior = PRIORS.build(prior, c.latent_dim, options=c.prior_options)
+        encoder = ENCODERS.build(encoder, c.data_shape, c.latent_dim, options=c.encoder_options)
         self.device = torch.device(device or "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' was requested but torch finds no CUDA device here")
+            raise ConfigError(
+                f"device {str(self.device)!r} was requested but torch finds no CUDA device here"
+            )
         self.model = Model(prior, decoder, likelihood).to(self.device)
         self.guide = Guide(encoder).to(self.device)
         self.history: list[dict] = []
@@ -168,53 +276,30 @@ class SkipVAE:
         data_shape = options.pop("data_shape")
         return cls(data_shape, **options)
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Every trainable parameter of model and guide, once each."""
+        return list(dict.fromkeys([*self.model.parameters(), *self.guide.parameters()]))
+
     # ------------------------------------------------------------------ training
     def fit(
         self,
         train_data,
         *,
         val=None,
-        num_epochs=10,
-        batch_size=50,
-        learning_rate=1e-3,
-        clip_norm=None,
-        kl_warmup_epochs=10.0,
-        kl_start=0.1,
-        elbo="trace",
-        inference="svi",
-        inference_options=None,
-        binarize="none",
-        seed=0,
-        eval_batch_size=500,
         run_dir=None,
         resume=False,
         run_info=None,
         progress=False,
+        **options,
     ) -> list[dict]:
-        """Fit by stochastic variational inference; return one metrics record per epoch.
+        """Fit by (semi-amortized) stochastic variational inference; return one metrics
+        record per epoch.
 
         :param torch.Tensor train_data: training data, shape ``(N, *data_shape)``; with
             ``binarize`` set, intensities in [0, 1].
         :param torch.Tensor val: validation data scored after every epoch (``val_elbo``,
-            ``val_kl``; with ``run_dir``, the best-scoring epoch is kept as ``best.pt``).
-        :param int num_epochs: total epochs (default 10); on resume, the run continues to it.
-        :param int batch_size: minibatch size (default 50, as in the authors' image code).
-        :param float learning_rate: step size of :class:`pyro.optim.ClippedAdam` (1e-3).
-        :param float clip_norm: ClippedAdam's clip: every gradient *element* is clamped to
-            [−clip_norm, clip_norm] (default None: no clipping). The loss is the minibatch sum
-            scaled by N / batch size, so gradients grow with the data-set size; Pyro's default
-            of 10 clamps nearly every element on MNIST and slowed learning (validation ELBO
-            −143.9 against −130.2 nats after 3 epochs on 10,000 images).
-        :param float kl_warmup_epochs: β rises linearly from ``kl_start`` to 1 over this many
-            epochs (default 10 from 0.1, as in the papers' scripts; 0 disables warm-up).
-        :param elbo: ``"trace"`` (:class:`~pyro.infer.Trace_ELBO`, default), ``"mean-field"``
-            (:class:`~pyro.infer.TraceMeanField_ELBO`) or any Pyro ELBO instance.
-        :param inference: ``"svi"`` (default), another name in
-            :data:`~pyro_skipvae.infer.INFERENCES`, or a ready object with ``step``.
-        :param dict inference_options: keyword arguments for a named inference algorithm.
-        :param str binarize: ``"dynamic"`` (resampled every epoch), ``"threshold"`` or
-            ``"none"`` (default); validation data are binarised once, with a fixed seed.
-        :param int seed: seeds the data order, binarisation and Monte-Carlo draws.
+            ``val_kl``, the refined bound for semi-amortized runs); the best-scoring epoch
+            is kept as ``best.pt`` (see :mod:`pyro_skipvae.run`).
         :param run_dir: if given, writes ``config.json``, ``checkpoint.pt`` (every epoch),
             ``best.pt`` and ``metrics.jsonl`` there, all atomically.
         :param bool resume: continue the run in ``run_dir`` from its last checkpoint; the
@@ -222,243 +307,175 @@ class SkipVAE:
         :param dict run_info: extra JSON-able facts stored in ``config.json`` under ``"run"``
             and checked on resume (e.g. the data set name).
         :param bool progress: show a progress bar.
+        :param options: the fields of :class:`TrainConfig` (``num_epochs``, ``batch_size``,
+            ``optimizer``, ``learning_rate``, ``clip_norm``, ``elbo``, ``inference``, ...).
         :raises ConfigError: bad options, or ``resume`` against a different configuration.
         :raises DataError: data of the wrong shape, non-finite, or outside the likelihood's support.
         :raises NonFiniteLossError: a NaN/inf loss; the last checkpoint stays intact.
         """
-        _check_positive(
-            num_epochs=num_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            eval_batch_size=eval_batch_size,
+        cfg = TrainConfig.from_options(options)
+        likelihood = self.model.likelihood
+        train_data = prepare(
+            train_data, likelihood, binarization=cfg.binarize, name="training data", training=True
         )
-        if clip_norm is not None:
-            _check_positive(clip_norm=clip_norm)
-        if kl_warmup_epochs < 0 or not 0 < kl_start <= 1:
-            raise ConfigError(
-                f"expected kl_warmup_epochs >= 0 and 0 < kl_start <= 1, found {kl_warmup_epochs} and {kl_start}"
-            )
-        train_data = self._prepare_data(train_data, binarize, "training data", for_training=True)
         if val is not None:
-            val = self._prepare_data(val, binarize, "validation data").to(self.device)
-        config = _plain(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "model": asdict(self.config),
-                "train": {
-                    "num_epochs": num_epochs,
-                    "batch_size": batch_size,
-                    "learning_rate": learning_rate,
-                    "clip_norm": clip_norm,
-                    "kl_warmup_epochs": kl_warmup_epochs,
-                    "kl_start": kl_start,
-                    "elbo": _name(elbo),
-                    "inference": _name(inference),
-                    "inference_options": inference_options or {},
-                    "binarize": binarize,
-                    "seed": seed,
-                    "eval_batch_size": eval_batch_size,
-                },
-                "run": {**(run_info or {}), "device": str(self.device)},
-            }
+            val = prepare(val, likelihood, binarization=cfg.binarize, name="validation data")
+            val = val.to(self.device)
+        config = {
+            "format": CHECKPOINT_FORMAT,
+            "model": _plain(asdict(self.config)),
+            "train": cfg.to_json(),
+            "run": _plain({**(run_info or {}), "device": str(self.device)}),
+        }
+        pyro.set_rng_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        inference = self._inference(cfg)
+        optimizer = inference.optim
+        run = Run(
+            run_dir,
+            config,
+            model=self.model,
+            guide=self.guide,
+            optimizer=optimizer,
+            generator=generator,
         )
-        run_dir = None if run_dir is None else Path(run_dir)
-        state = self._start_run(run_dir, config, resume) if run_dir is not None else None
-
-        pyro.set_rng_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        optim = pyro.optim.ClippedAdam(
-            {"lr": learning_rate, "clip_norm": math.inf if clip_norm is None else clip_norm}
-        )
-        loss = ELBOS.build(elbo)
-        if isinstance(inference, str):
-            inference = INFERENCES.build(
-                inference, self.model, self.guide, optim, loss, **(inference_options or {})
-            )
-        optim = getattr(inference, "optim", optim)
-        history, best = [], -math.inf
-        if state is not None:
-            self._load_states(state)
-            optim.set_state(state["optimizer"])
-            checkpoint.set_rng_state(state["rng"])
-            generator.set_state(state["generator"])
-            history, best = list(state["history"]), state["best_val_elbo"]
-            logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
+        run.start(resume=resume)
 
         def evaluate():
             if val is None:
                 return {}
-            metrics = evaluate_elbo(self.model, self.guide, val, batch_size=eval_batch_size)
-            record = {"val_elbo": metrics["elbo"], "val_kl": metrics["kl"]}
             if hasattr(inference, "evaluate_metrics"):
-                extra = inference.evaluate_metrics(val, batch_size=eval_batch_size)
-                record.update({f"val_{k}": v for k, v in extra.items()})
-            return record
+                return inference.evaluate_metrics(val, batch_size=cfg.eval_batch_size)
+            with evaluating(self.model, self.guide):
+                result = evaluate_elbo(self.model, self.guide, val, batch_size=cfg.eval_batch_size)
+            return {"elbo": result["elbo"], "kl": result["kl"]}
 
         def on_epoch_end(record):
-            nonlocal best
-            history.append(record)
-            if run_dir is None:
-                return
-            weights = self._state_dict(config, record["epoch"])
-            score = record.get("val_elbo", record["train_elbo"])
-            if score > best:
-                best = score
-                checkpoint.atomic_save(weights, run_dir / BEST_FILE)
-            state = dict(
-                weights,
-                optimizer=optim.get_state(),
-                rng=checkpoint.get_rng_state(),
-                generator=generator.get_state(),
-                history=history,
-                best_val_elbo=best,
+            improved = run.select(record)
+            stop = isinstance(optimizer, Optimizer) and optimizer.end_epoch(
+                record["epoch"], improved
             )
-            checkpoint.atomic_save(state, run_dir / CHECKPOINT_FILE)
-            _write_metrics(run_dir, history)
+            run.save(improved=improved)
+            return stop
 
-        # A fresh parameter-store scope: parameter names of another model in this process
-        # must not shadow ours (SVI optimises what the param store hands back).
-        with pyro.get_param_store().scope():
-            if run_dir is not None:
-                _write_metrics(run_dir, history)
+        self.model.train()
+        self.guide.train()
+        if not (isinstance(optimizer, Optimizer) and optimizer.exhausted):
             train(
                 inference,
                 train_data,
-                num_epochs=num_epochs,
-                batch_size=batch_size,
+                num_epochs=cfg.num_epochs,
+                batch_size=cfg.batch_size,
                 generator=generator,
-                start_epoch=len(history),
-                annealing=LinearWarmup(kl_warmup_epochs, kl_start),
+                start_epoch=len(run.history),
+                annealing=LinearWarmup(cfg.kl_warmup_epochs, cfg.kl_start),
                 transform=None
-                if binarize != "dynamic"
-                else (lambda x, g: binarize_data(x, "dynamic", g)),
+                if cfg.binarize != "dynamic"
+                else (lambda x, g: binarize(x, "dynamic", g)),
                 evaluate=evaluate,
                 on_epoch_end=on_epoch_end,
                 device=self.device,
                 progress=progress,
             )
-        self.history = history
-        return history
+        self.history = run.history
+        return self.history
 
-    def _prepare_data(self, x, mode, name, for_training=False):
-        """Check ``x`` and return what the likelihood will see (binarised unless dynamic)."""
-        if not isinstance(x, torch.Tensor):
-            raise DataError(f"{name}: expected a torch.Tensor, found {type(x).__name__}")
-        if mode not in BINARIZATIONS:
-            raise ConfigError(
-                f"unknown binarize {mode!r}; expected one of: {', '.join(BINARIZATIONS)}"
+    def _inference(self, cfg: TrainConfig):
+        """The inference object of a fit: named (built with our optimizer) or the user's own."""
+        elbo = cfg.elbo
+        if isinstance(elbo, str):
+            elbo = ELBOS.build(
+                elbo, options={"num_particles": cfg.num_particles, **cfg.elbo_options}
             )
-        if mode == "none":
-            self.model.likelihood.validate(x, name)
-            return x
-        x = x.float()
-        if not torch.isfinite(x).all():
-            raise DataError(
-                f"{name}: expected finite values, found {int((~torch.isfinite(x)).sum())} NaN/inf entries"
-            )
-        if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise DataError(
-                f"{name}: binarize={mode!r} expects intensities in [0, 1], found range "
-                f"[{x.min().item():.3g}, {x.max().item():.3g}]"
-            )
-        self.model.likelihood.validate(binarize_data(x, "threshold"), name)
-        if for_training and mode == "dynamic":
-            return x  # binarised afresh every epoch
-        return binarize_for_evaluation(x, mode)
-
-    # ------------------------------------------------------------------ run directories
-    def _start_run(self, run_dir: Path, config: dict, resume: bool):
-        """Write or check ``config.json``; return the checkpoint to resume from, if any."""
-        config_path, checkpoint_path = run_dir / CONFIG_FILE, run_dir / CHECKPOINT_FILE
-        if config_path.exists() or checkpoint_path.exists():
-            if not resume:
+        elif is_nonlinear(elbo):
+            logger.info("wrapping %s so it is evaluated per datapoint", type(elbo).__name__)
+            elbo = PerDatapointBound(elbo)
+        if not isinstance(cfg.inference, str):
+            if is_nonlinear(getattr(cfg.inference, "loss", None)):
                 raise ConfigError(
-                    f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, "
-                    "or choose another output directory (nothing was overwritten)"
+                    f"{type(cfg.inference.loss).__name__} is not linear in the log-weights, so under "
+                    "subsampling Pyro scales each datapoint's bound inside its log-sum-exp; wrap it "
+                    "as pyro_skipvae.infer.elbos.PerDatapointBound(...) (or pass elbo=... instead)"
                 )
-            try:
-                saved = json.loads(config_path.read_text())
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"{config_path} is missing or unreadable ({e})") from None
-            differences = _config_differences(saved, config)
-            if differences:
+            if not hasattr(cfg.inference, "optim"):
                 raise ConfigError(
-                    f"cannot resume {run_dir}: its configuration differs in "
-                    + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in differences)
+                    "an inference object must have an `optim` attribute (its optimizer)"
                 )
-        checkpoint.atomic_write_json(config_path, config)
-        if not (resume and checkpoint_path.exists()):
-            return None
-        state = checkpoint.load(checkpoint_path)
-        if _config_differences(state["config"], config):
-            raise CheckpointError(
-                f"{checkpoint_path} was written for a different configuration than {config_path}"
-            )
-        return state
-
-    def _state_dict(self, config, epoch):
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": config,
-            "epoch": epoch,
-            "model": self.model.state_dict(),
-            "guide": self.guide.state_dict(),
-        }
-
-    def _load_states(self, state):
-        try:
-            self.model.load_state_dict(state["model"])
-            self.guide.load_state_dict(state["guide"])
-        except (RuntimeError, KeyError) as e:
-            raise CheckpointError(f"checkpoint does not fit this model ({e})") from None
+            return cfg.inference
+        optimizer = Optimizer(
+            self.parameters(),
+            name=cfg.optimizer,
+            learning_rate=cfg.learning_rate,
+            clip_norm=cfg.clip_norm,
+            lr_decay=cfg.lr_decay,
+            lr_decay_min_epochs=cfg.lr_decay_min_epochs,
+            min_learning_rate=cfg.min_learning_rate,
+        )
+        options = dict(cfg.inference_options)
+        if cfg.inference == "semi-amortized":
+            options.setdefault("refine_batch_size", cfg.batch_size)
+        return INFERENCES.build(
+            cfg.inference, self.model, self.guide, optimizer, elbo, options=options
+        )
 
     # ------------------------------------------------------------------ using a fit
     def evaluate(self, data, *, batch_size=500, num_particles=1) -> dict:
-        """Mean per-datapoint ``elbo`` and ``kl`` (nats) over ``data`` (already in the
-        likelihood's support). See :func:`~pyro_skipvae.diagnostics.evaluate_elbo`."""
-        self.model.likelihood.validate(data)
-        result = evaluate_elbo(
-            self.model,
-            self.guide,
-            data.to(self.device),
-            batch_size=batch_size,
-            num_particles=num_particles,
-        )
+        """Mean per-datapoint ``elbo`` and ``kl`` (nats) of the amortized guide over ``data``
+        (already in the likelihood's support). See :func:`~pyro_skipvae.diagnostics.evaluate_elbo`."""
+        data = prepare(data, self.model.likelihood)
+        with evaluating(self.model, self.guide):
+            result = evaluate_elbo(
+                self.model,
+                self.guide,
+                data.to(self.device),
+                batch_size=batch_size,
+                num_particles=num_particles,
+            )
         return {"elbo": result["elbo"], "kl": result["kl"]}
 
     def diagnose(self, data, **options) -> dict:
         """Collapse diagnostics of this model on ``data`` (already in the likelihood's support):
         ELBO, KL, full-set MI, aggregate KL, active units, IW-NLL with Pareto k̂ and, given
         labels, posterior-mean accuracy. Options and result: :func:`pyro_skipvae.diagnostics.diagnose`."""
-        self.model.likelihood.validate(data)
-        return diagnose(self.model, self.guide, data.to(self.device), **options)
+        data = prepare(data, self.model.likelihood)
+        with evaluating(self.model, self.guide):
+            return diagnose(self.model, self.guide, data.to(self.device), **options)
 
     @torch.no_grad()
     def encode(self, x):
         """Posterior means and standard deviations ``(loc, scale)`` of q(z | x)."""
-        loc, log_scale = self.guide.local_params(x.to(self.device))
-        return loc, log_scale.exp()
+        with evaluating(self.guide):
+            loc, log_var = self.guide.local_params(x.to(self.device))
+        return loc, (0.5 * log_var).exp()
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, mean=True):
-        """Draw z ~ p(z) and decode; ``mean=True`` returns the likelihood's mean (e.g. pixel
-        probabilities), else a sample of x."""
-        if self.model.decoder.autoregressive:
-            raise NotImplementedError("sampling from autoregressive decoders is not supported yet")
-        z = self.model.prior((num_samples,)).sample()
-        likelihood = self.model.likelihood(self.model.decoder(z))
-        return likelihood.mean if mean else likelihood.sample()
+        """Draw z ~ p(z) and decode: the likelihood's mean (e.g. pixel probabilities) when
+        ``mean``, else a sample of x. Autoregressive decoders always return samples, drawn
+        position by position (a teacher-forced mean would look right whatever z is)."""
+        with evaluating(self.model):
+            z = self.model.prior((num_samples,)).sample()
+            return self._decode(z, mean)
 
     @torch.no_grad()
-    def reconstruct(self, x):
-        """Decode the posterior means of ``x``; returns the likelihood's mean."""
+    def reconstruct(self, x, *, mean=True):
+        """Decode the posterior means of ``x`` (as :meth:`sample` decodes)."""
         loc, _ = self.encode(x)
-        return self.model.likelihood(self.model.decoder(loc, x.to(self.device))).mean
+        with evaluating(self.model):
+            return self._decode(loc, mean)
+
+    def _decode(self, z, mean):
+        decoder, likelihood = self.model.decoder, self.model.likelihood
+        if mean and not decoder.autoregressive:
+            return likelihood(decoder(z)).mean
+        return decoder.sample(z, likelihood)
 
     def save(self, path) -> None:
         """Write model and guide weights with their configuration, atomically."""
         config = {"format": CHECKPOINT_FORMAT, "model": _plain(asdict(self.config))}
-        checkpoint.atomic_save(self._state_dict(config, len(self.history)), path)
+        checkpoint.atomic_save(
+            weights_state(config, len(self.history), self.model, self.guide), path
+        )
 
     @classmethod
     def load(cls, path, *, device=None, **overrides) -> "SkipVAE":
@@ -472,22 +489,11 @@ class SkipVAE:
             model_config = state["config"]["model"]
         except (KeyError, TypeError):
             raise CheckpointError(f"{path} holds no model configuration") from None
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path} has checkpoint format {state.get('format')}; this version reads format "
+                f"{CHECKPOINT_FORMAT} (the model or guide changed since it was written)"
+            )
         vae = cls.from_config(model_config, device=device, **overrides)
-        vae._load_states(state)
+        load_weights(vae.model, vae.guide, state, path)
         return vae
-
-
-def _config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-    differences = []
-    for section in ("model", "train", "run"):
-        a, b = saved.get(section, {}), current.get(section, {})
-        for key in sorted(set(a) | set(b)):
-            if (section, key) not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
-                differences.append((f"{section}.{key}", a.get(key), b.get(key)))
-    return differences
-
-
-def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    checkpoint.atomic_write_text(
-        run_dir / METRICS_FILE, "".join(json.dumps(record) + "\n" for record in history)
-    )

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
-from cli.main import cli
+from pyro_skipvae.cli.main import cli
 
 SMALL = [
     "--train-size",
@@ -70,9 +69,9 @@ def test_fit_on_real_mnist(tmp_path, data_dir, skip):
     [
         (["--latent-dim", "0"], 2, "0 is not in the range x>=1"),
         (["--hidden-dims", "64,x"], 2, "comma-separated integers"),
-        (["--prior", "laplace"], 2, "'laplace' is not one of"),
+        (["--prior", "laplace"], 2, "error: unknown prior 'laplace'; expected one of:"),
         (["--dataset", "cifar"], 2, "error: unknown dataset 'cifar'"),
-        (["--data-dir", "/nonexistent"], 1, "error: data directory not found"),
+        (["--data-dir", "/nonexistent"], 1, "error: no data directory holding MNIST/raw/"),
         (
             ["--likelihood", "bernoulli", "--binarize", "none"],
             1,

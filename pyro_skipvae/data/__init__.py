@@ -5,6 +5,7 @@
 (torch.Size([1000, 1, 28, 28]), torch.Size([10000, 1, 28, 28]), torch.Size([10000, 1, 28, 28]))
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .files import load_tensor_file
+from .images import download as download_images
 from .images import load_images
-from .paths import resolve_data_dir
+from .paths import DATA_DIR_ENV, resolve_data_dir
 
 #: named data sets → folder name in the torchvision layout
 IMAGE_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -49,7 +51,9 @@ class DataSplits:
         return data, getattr(self, f"{name}_labels")
 
 
-def load_dataset(dataset: str, *, data_dir=None, train_size=None, val_size=None) -> DataSplits:
+def load_dataset(
+    dataset: str, *, data_dir=None, train_size=None, val_size=None, download=False
+) -> DataSplits:
     """Load a named data set (``"mnist"``, ``"fashion-mnist"``) or a ``.pt``/``.npy`` file.
 
     Image data sets: the last 10,000 of the 60,000 training images are the validation split
@@ -58,15 +62,27 @@ def load_dataset(dataset: str, *, data_dir=None, train_size=None, val_size=None)
     :func:`~pyro_skipvae.data.files.load_tensor_file`; without a ``"val"`` entry the last
     10% of ``"train"`` is held out.
 
+    Data folders: see :mod:`pyro_skipvae.data.paths`.
+
     :param int train_size: keep only the first ``train_size`` training examples.
     :param int val_size: keep only the first ``val_size`` validation examples.
+    :param bool download: fetch MNIST / Fashion-MNIST with torchvision's downloader (md5
+        checked) when no data folder holds them: into ``data_dir`` (or
+        ``$SKIPVAE_DATA_DIR``) if given, else into the user data folder.
     """
     for option, value in (("train_size", train_size), ("val_size", val_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be a positive integer, found {value}")
     if dataset in IMAGE_DATASETS:
         folder = IMAGE_DATASETS[dataset]
-        root = resolve_data_dir(data_dir, expected=f"{folder}/raw/*-ubyte.gz")
+        expected = f"{folder}/raw/*-ubyte.gz"
+        try:
+            root = resolve_data_dir(data_dir, expected=expected)
+        except DataError:
+            if not download:
+                raise
+            explicit = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+            root = download_images(folder, explicit)
         images, labels = load_images(folder, root, train=True)
         test, test_labels = load_images(folder, root, train=False)
         cut = images.shape[0] - NUM_VALIDATION
@@ -133,6 +149,44 @@ def binarize(x: torch.Tensor, mode: str, generator: torch.Generator | None = Non
     raise ConfigError(f"unknown binarization {mode!r}; expected one of: {', '.join(BINARIZATIONS)}")
 
 
+def prepare(
+    x, likelihood, *, binarization: str = "none", name: str = "data", training: bool = False
+):
+    """Check ``x`` and return what the likelihood will see: the one place data are validated.
+
+    With ``binarization="none"`` the data must already lie in the likelihood's support
+    (:meth:`~pyro_skipvae.models.Likelihood.validate`). Otherwise ``x`` holds intensities in
+    [0, 1] that are binarised here, once with the fixed evaluation seed, except training data
+    under ``"dynamic"``, which are returned as intensities and binarised afresh every epoch.
+
+    :raises DataError: not a tensor, wrong shape, non-finite, outside [0, 1] or the support.
+    :raises ConfigError: unknown ``binarization``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name}: expected a torch.Tensor, found {type(x).__name__}")
+    if binarization not in BINARIZATIONS:
+        raise ConfigError(
+            f"unknown binarize {binarization!r}; expected one of: {', '.join(BINARIZATIONS)}"
+        )
+    if binarization == "none":
+        likelihood.validate(x, name)
+        return x
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise DataError(
+            f"{name}: expected finite values, found {int((~torch.isfinite(x)).sum())} NaN/inf entries"
+        )
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise DataError(
+            f"{name}: binarize={binarization!r} expects intensities in [0, 1], found range "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]"
+        )
+    likelihood.validate(binarize(x, "threshold"), name)
+    if training and binarization == "dynamic":
+        return x  # binarised afresh every epoch
+    return binarize_for_evaluation(x, binarization)
+
+
 def binarize_for_evaluation(x: torch.Tensor, mode: str) -> torch.Tensor:
     """:func:`binarize` with the fixed seed :data:`EVAL_BINARIZATION_SEED`: the same binary
     images on every call, for validation and test scores comparable across runs."""
@@ -147,5 +201,6 @@ __all__ = [
     "binarize",
     "binarize_for_evaluation",
     "load_dataset",
+    "prepare",
     "resolve_data_dir",
 ]

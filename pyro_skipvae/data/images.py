@@ -2,8 +2,10 @@
 
 torchvision's dataset classes read *uncompressed* IDX files from ``raw/`` and would
 decompress (write) into the data folder, which may be read-only. So the ``.gz`` files are
-decompressed once into the cache folder, their content checked against the published md5s,
-and torchvision reads them from there.
+decompressed once into the cache folder, their *content* checked against the published md5s
+(Debian's re-compressed Fashion-MNIST files have other ``.gz`` md5s than torchvision's list,
+but the same content), and torchvision reads them from there. :func:`download` fetches them
+with torchvision's own downloader and md5 check.
 """
 
 import gzip
@@ -16,7 +18,7 @@ import torchvision
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import DataError
-from .paths import cache_dir
+from .paths import cache_dir, user_data_dir
 
 # md5 of the *uncompressed* IDX files (torchvision's and the datasets' published tables;
 # also recorded in shared/data/SOURCES.md).
@@ -64,6 +66,26 @@ def _prepare_raw(name: str, data_dir: Path) -> Path:
         if found != md5:
             raise DataError(f"{name}: {gz} is corrupt: expected content md5 {md5}, found {found}")
         atomic_write_bytes(out, content)
+    return root
+
+
+def download(name: str, root: Path | None = None) -> Path:
+    """Fetch ``name``'s four files with torchvision's downloader (it checks their md5s) into
+    ``root`` (default: the user data folder); return that folder.
+
+    :raises DataError: when the download fails (e.g. offline), naming the files and where
+        to put them by hand.
+    """
+    root = Path(root) if root is not None else user_data_dir()
+    try:
+        _CLASSES[name](root, train=True, download=True)
+        _CLASSES[name](root, train=False, download=True)
+    except Exception as e:  # urllib, http and md5 failures all end here
+        files = ", ".join(f"{stem}.gz" for stem in _MD5[name])
+        raise DataError(
+            f"{name}: download failed ({type(e).__name__}: {e}); put {files} into "
+            f"{root / name / 'raw'} (or any folder's {name}/raw/, passed as --data-dir)"
+        ) from None
     return root
 
 

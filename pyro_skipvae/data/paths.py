@@ -1,4 +1,16 @@
-"""Where data sets are read from and where derived files are cached."""
+"""Where data sets are read from and where derived files are cached.
+
+The data folder is, in this order: the ``data_dir`` argument (``--data-dir``), else
+``$SKIPVAE_DATA_DIR`` (either one is used alone: an explicit choice is never second-guessed),
+else the first of these that holds the files a data set needs:
+
+1. ``../shared/data`` beside the repository, when pyro-skipvae runs from a clone (an
+   editable install, or the working directory inside the clone);
+2. the user data folder, ``$XDG_DATA_HOME/pyro-skipvae`` or ``~/.local/share/pyro-skipvae``,
+   where ``--download`` puts the files it fetches.
+
+The data folder is only ever read; decompressed copies go to the cache folder.
+"""
 
 import os
 from pathlib import Path
@@ -7,29 +19,53 @@ from ..errors import DataError
 
 DATA_DIR_ENV = "SKIPVAE_DATA_DIR"
 CACHE_DIR_ENV = "SKIPVAE_CACHE_DIR"
-# The project's checkout sits beside a shared data folder: <root>/../shared/data.
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _clone_data_dirs() -> list[Path]:
+    """``../shared/data`` beside the clone the package or the working directory sits in."""
+    roots = [Path(__file__).resolve().parents[2], *[Path.cwd(), *Path.cwd().parents][:3]]
+    found = []
+    for root in roots:
+        if (root / "pyro_skipvae").is_dir() and (root / "setup.cfg").is_file():
+            candidate = root.parent / "shared" / "data"
+            if candidate not in found:
+                found.append(candidate)
+    return found
+
+
+def user_data_dir() -> Path:
+    """``$XDG_DATA_HOME/pyro-skipvae``, else ``~/.local/share/pyro-skipvae`` (not created)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "pyro-skipvae"
+
+
+def data_dir_candidates(data_dir=None) -> list[Path]:
+    """The folders searched for data, in order (see the module docstring)."""
+    explicit = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    if explicit:
+        return [Path(explicit)]
+    return [*_clone_data_dirs(), user_data_dir()]
 
 
 def resolve_data_dir(data_dir=None, *, expected: str = "") -> Path:
-    """The data directory: ``data_dir``, else ``$SKIPVAE_DATA_DIR``, else
-    ``../shared/data`` beside the project root (or the working directory) when it exists.
+    """The data directory: the first candidate (:func:`data_dir_candidates`) that holds
+    ``expected`` (a path or glob pattern relative to it), or simply exists when ``expected``
+    is empty.
 
-    :param str expected: what should be inside, for the error message.
-    :raises DataError: if none of these exists.
+    :raises DataError: if none does; the message names every folder searched and what was
+        expected there.
     """
-    candidates = [data_dir] if data_dir is not None else [os.environ.get(DATA_DIR_ENV)]
-    if candidates[0] is None:
-        candidates = [
-            _PROJECT_ROOT.parent / "shared" / "data",
-            Path.cwd().parent / "shared" / "data",
-        ]
+    candidates = data_dir_candidates(data_dir)
     for candidate in candidates:
-        if candidate is not None and Path(candidate).is_dir():
-            return Path(candidate)
+        if not candidate.is_dir():
+            continue
+        if not expected or any(candidate.glob(expected)):
+            return candidate
+    searched = ", ".join(str(c) for c in candidates)
+    what = f" holding {expected}" if expected else ""
     raise DataError(
-        f"data directory not found (looked in: {', '.join(str(c) for c in candidates)}); "
-        f"pass --data-dir DIR or set {DATA_DIR_ENV}{' to a folder holding ' + expected if expected else ''}"
+        f"no data directory{what} found (searched: {searched}); pass --data-dir DIR or set "
+        f"{DATA_DIR_ENV} to a folder{what}"
     )
 
 

@@ -2,8 +2,9 @@
 
 Classifiers are fitted on the posterior means E_q[z | x] of the training images and scored
 on those of the evaluation images. The choice of classifier changes the numbers (PAPER.md
-§3), so every result names its classifier and settings. :data:`CLASSIFIERS` maps a short
-name to a factory; add your own with ``CLASSIFIERS["name"] = (description, factory)``.
+§3), so every result names its classifier and settings. :data:`CLASSIFIERS` is a registry of
+factories returning an unfitted scikit-learn estimator, whose docstring describes it; add
+your own with ``@CLASSIFIERS.register("name")``.
 """
 
 import math
@@ -12,9 +13,15 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..registry import Registry
+
+CLASSIFIERS = Registry("classifier")
 
 
-def _logistic():
+@CLASSIFIERS.register("logistic")
+def logistic_regression():
+    """multinomial logistic regression (scikit-learn LogisticRegression, lbfgs, L2 C=1.0,
+    max_iter=2000) on standardised posterior means"""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -24,25 +31,18 @@ def _logistic():
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
 
 
-def _knn():
+@CLASSIFIERS.register("knn")
+def nearest_neighbours():
+    """k-nearest neighbours (scikit-learn KNeighborsClassifier, k=5, Euclidean, uniform
+    weights) on raw posterior means"""
     from sklearn.neighbors import KNeighborsClassifier
 
     return KNeighborsClassifier(n_neighbors=5)
 
 
-#: name → (description with settings, factory returning an unfitted scikit-learn estimator)
-CLASSIFIERS = {
-    "logistic": (
-        "multinomial logistic regression (scikit-learn LogisticRegression, lbfgs, L2 C=1.0, "
-        "max_iter=2000) on standardised posterior means",
-        _logistic,
-    ),
-    "knn": (
-        "k-nearest neighbours (scikit-learn KNeighborsClassifier, k=5, Euclidean, uniform "
-        "weights) on raw posterior means",
-        _knn,
-    ),
-}
+def describe(name: str) -> str:
+    """The one-line description, with settings, of classifier ``name`` (its docstring)."""
+    return " ".join(CLASSIFIERS.get(name).__doc__.split())
 
 
 def classification_accuracy(
@@ -58,12 +58,9 @@ def classification_accuracy(
     :returns: ``{name: {"accuracy": float in [0, 1], "accuracy_se": binomial standard error
         √(a(1−a)/N_test), "classifier": description, "num_train": int, "num_test": int}}``.
     """
-    names = list(CLASSIFIERS) if classifiers is None else list(classifiers)
-    unknown = [n for n in names if n not in CLASSIFIERS]
-    if unknown:
-        raise DataError(
-            f"unknown classifier(s) {unknown}; expected some of: {', '.join(CLASSIFIERS)}"
-        )
+    names = CLASSIFIERS.names() if classifiers is None else list(classifiers)
+    for name in names:
+        CLASSIFIERS.get(name)  # an unknown name is a ConfigError listing the valid ones
     xs = [_numpy(a) for a in (train_codes, train_labels, test_codes, test_labels)]
     x_train, y_train, x_test, y_test = xs
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
@@ -77,13 +74,12 @@ def classification_accuracy(
         )
     results = {}
     for name in names:
-        description, factory = CLASSIFIERS[name]
-        classifier = factory().fit(x_train, y_train)
+        classifier = CLASSIFIERS.build(name).fit(x_train, y_train)
         accuracy = float((classifier.predict(x_test) == y_test).mean())
         results[name] = {
             "accuracy": accuracy,
             "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / len(y_test)),
-            "classifier": description,
+            "classifier": describe(name),
             "num_train": int(len(y_train)),
             "num_test": int(len(y_test)),
         }

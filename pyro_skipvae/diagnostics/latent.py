@@ -8,7 +8,7 @@ distribution with batch shape ``(n,)`` for a chunk of ``n`` datapoints, and the 
 with ``fn.log_prob``, so they are per datapoint and unscaled whatever plate size or β the
 model uses.
 
-The decomposition checked by the tests (Hoffman & Johnson 2016, "ELBO surgery", eq. 3):
+The decomposition behind them (Hoffman & Johnson 2016, "ELBO surgery", eq. 3):
 
 .. math::
 
@@ -245,7 +245,7 @@ def _as_posteriors(guide, data, chunk_size, progress=False):
 
 @torch.no_grad()
 def aggregate_posterior_terms(
-    model, guide, data=None, *, num_samples=1, chunk_size=None, progress=False
+    model, guide, data=None, *, num_samples=2, chunk_size=None, progress=False
 ):
     r"""Full-set mutual information and aggregate-posterior KL from one shared N × N pass.
 
@@ -262,10 +262,13 @@ def aggregate_posterior_terms(
       exact, only z is sampled. As estimates of the population MI / KL (x ~ p_data) they
       carry the finite-N error of the empirical mixture: MI ≤ log N always, and MI near log N
       means the posteriors barely overlap and the number says little (see PAPER.md §3).
-    * **Variance**: the standard error is the standard deviation of the per-datapoint terms
-      over datapoints / √N (the z draws are independent across datapoints); it falls as
-      1/√(N S). Using the sampled log q(z|x_n) rather than the analytic entropy keeps the MI
-      terms low-variance near the ceiling, where log q(z) ≈ log q(z|x_n) − log N.
+    * **Variance**: ``se`` is the standard deviation of the per-datapoint terms over
+      datapoints / √N: the error if the evaluation set were redrawn, Monte-Carlo noise
+      included. ``info["mc_se"]`` is the Monte-Carlo part alone, √(Σ_n Var_s(t_{s,n}) / S) / N
+      from the S ≥ 2 draws of each datapoint (``nan`` for S = 1): the error of this number
+      for *this* evaluation set. Using the sampled log q(z|x_n) rather than the analytic
+      entropy keeps the MI terms low-variance near the ceiling, where
+      log q(z) ≈ log q(z|x_n) − log N.
     * **Batch-size dependence**: none (contrast :func:`minibatch_mutual_information`).
     * **Cost**: O(N² S D) time (a float64 matrix product for diagonal-Gaussian guides),
       memory bounded by ``chunk_size`` × N.
@@ -273,7 +276,7 @@ def aggregate_posterior_terms(
     :param model: Pyro model (for the prior at site ``"z"``); ``None`` skips the aggregate KL.
     :param guide: Pyro guide, or a :class:`Posteriors` computed from one.
     :param torch.Tensor data: shape ``(N, ...)``.
-    :param int num_samples: z draws per datapoint S (default 1).
+    :param int num_samples: z draws per datapoint S (default 2, the fewest that give a Monte-Carlo standard error).
     :param int chunk_size: see :class:`Posteriors` (default 500).
     :returns: dict with ``mi`` and (if ``model``) ``agg_kl``, each an :class:`Estimate` in
         nats whose ``per_datapoint`` holds the N per-datapoint terms (averaged over s).
@@ -284,15 +287,25 @@ def aggregate_posterior_terms(
     log_q = post.mixture_log_prob(z, progress=progress).double()
     n = post.num_points
     common = {"num_samples": num_samples, "log_n": math.log(n)}
-    result = {"mi": mean_and_se((log_q_cond - log_q).mean(0), estimator="full-set", **common)}
+    terms = {"mi": log_q_cond - log_q}
     if model is not None:
-        log_p = post.prior_log_prob(model, z).double()
-        result["agg_kl"] = mean_and_se((log_q - log_p).mean(0), estimator="full-set", **common)
-    return result
+        terms["agg_kl"] = log_q - post.prior_log_prob(model, z).double()
+    return {
+        key: mean_and_se(t.mean(0), estimator="full-set", mc_se=_monte_carlo_se(t), **common)
+        for key, t in terms.items()
+    }
+
+
+def _monte_carlo_se(terms) -> float:
+    """√(Σ_n Var_s(t_{s,n}) / S) / N for terms of shape ``(S, N)``; ``nan`` when S = 1."""
+    num_samples, n = terms.shape
+    if num_samples < 2:
+        return math.nan
+    return (terms.var(0) / num_samples).sum().sqrt().item() / n
 
 
 def mutual_information(
-    guide, data=None, *, num_samples=1, chunk_size=None, progress=False
+    guide, data=None, *, num_samples=2, chunk_size=None, progress=False
 ) -> Estimate:
     r"""I_q(x; z) in nats under q(x, z) = (1/N) Σ_n δ(x − x_n) q(z | x), the full-set estimator.
 
@@ -309,7 +322,7 @@ def mutual_information(
 
 
 def aggregate_posterior_kl(
-    model, guide, data=None, *, num_samples=1, chunk_size=None, progress=False
+    model, guide, data=None, *, num_samples=2, chunk_size=None, progress=False
 ) -> Estimate:
     r"""KL(q(z) ‖ p(z)) in nats, q(z) the mixture of q(z | x_n) over all of ``data``.
 

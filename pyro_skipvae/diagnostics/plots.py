@@ -1,16 +1,21 @@
 """Pictures of a fitted model: latent embedding, reconstructions, prior samples, per-dimension
 KL and latent traversals. Each function takes tensors/arrays and returns a matplotlib
-``Figure`` (Agg backend, no display needed); :func:`save_figure` writes a PNG atomically.
+``Figure``; :func:`save_figure` writes a PNG atomically.
+
+matplotlib is imported when a figure is drawn, not when pyro_skipvae is imported, and its
+backend is left to the user (the ``skipvae`` command selects Agg).
 """
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from ..checkpoint import atomic_path
 
-from ..checkpoint import atomic_path  # noqa: E402
+
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _np(a):
@@ -40,6 +45,7 @@ def plot_embedding(codes, labels=None, *, method="tsne", max_points=3000, seed=0
     t-SNE is O(n log n) but slow on 2 cores beyond a few thousand points, so at most
     ``max_points`` points (the first ones) are embedded; the title says how many.
     """
+    plt = _pyplot()
     codes = _np(codes)[:max_points]
     labels = None if labels is None else _np(labels)[:max_points]
     if method == "tsne":
@@ -81,6 +87,7 @@ def plot_embedding(codes, labels=None, *, method="tsne", max_points=3000, seed=0
 
 def plot_image_rows(rows, *, row_labels=None, title=None, col_labels=None):
     """A grid of images: ``rows`` is a list of tensors of shape ``(n_cols, *image_shape)``."""
+    plt = _pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     size = 0.9
     fig, axes = plt.subplots(
@@ -128,6 +135,7 @@ def plot_samples(samples, *, num_columns=10, title=None):
 def plot_kl_per_dimension(kl_per_dim, *, variances=None, threshold=0.01, title=None):
     """Bars of E_x KL(q(z_d|x) ‖ p(z_d)) per dimension, active units (Var_x E[z_d|x] > δ)
     in a strong colour, inactive ones in grey."""
+    plt = _pyplot()
     kl = _np(kl_per_dim)
     d = np.arange(len(kl))
     active = np.ones(len(kl), bool) if variances is None else _np(variances) > threshold
@@ -160,6 +168,7 @@ def plot_traversals(images, dims, values, *, title=None):
 
 def save_figure(fig, path, *, dpi=110) -> None:
     """Write ``fig`` as a PNG at ``path`` atomically and close it."""
+    plt = _pyplot()
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")

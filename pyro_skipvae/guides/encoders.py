@@ -1,16 +1,25 @@
-"""Amortized encoders x → (μ, log σ) of a diagonal-Gaussian q(z | x)."""
+"""Amortized encoders x → (μ, log σ²) of a diagonal-Gaussian q(z | x), chosen by name from
+:data:`ENCODERS`."""
 
 import math
 
 from torch import nn
 
+from ..checks import check_widths
 from ..registry import Registry
 
 ENCODERS = Registry("encoder")
 
 
 class Encoder(nn.Module):
-    """Base class: ``forward(x) -> (loc, log_scale)``, each of shape ``(N, latent_dim)``."""
+    """Base class: ``forward(x) -> (loc, log_var)``, each of shape ``(N, latent_dim)``.
+
+    The second output is the log *variance* log σ², as in the papers' code: those are the
+    local variational parameters that semi-amortized inference refines (Kim et al. 2018).
+
+    :param tuple data_shape: shape of one datapoint.
+    :param int latent_dim: size of z.
+    """
 
     def __init__(self, data_shape: tuple[int, ...], latent_dim: int):
         super().__init__()
@@ -20,17 +29,14 @@ class Encoder(nn.Module):
 
 @ENCODERS.register("mlp")
 class MLPEncoder(Encoder):
-    r"""h = MLP(flatten(x)) with ReLU; μ = A h + a, log σ = ½ (B h + b).
-
-    The head predicts log σ² (as the papers' code does) and halves it, so the local
-    variational parameters that semi-amortized inference refines are (μ, log σ).
+    r"""h = MLP(flatten(x)) with ReLU; μ = A h + a, log σ² = B h + b.
 
     :param tuple hidden_dims: hidden widths (default ``(1024, 1024)``).
     """
 
     def __init__(self, data_shape, latent_dim, *, hidden_dims=(1024, 1024)):
         super().__init__(data_shape, latent_dim)
-        widths = [math.prod(self.data_shape), *hidden_dims]
+        widths = [math.prod(self.data_shape), *check_widths("hidden_dims", hidden_dims)]
         layers = []
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
@@ -40,7 +46,7 @@ class MLPEncoder(Encoder):
     def forward(self, x):
         h = self.body(x.reshape(x.shape[0], -1).to(self.head.weight.dtype))
         loc, log_var = self.head(h).chunk(2, dim=-1)
-        return loc, 0.5 * log_var
+        return loc, log_var
 
 
 __all__ = ["ENCODERS", "Encoder", "MLPEncoder"]

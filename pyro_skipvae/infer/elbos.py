@@ -1,19 +1,142 @@
-"""Registries of the objectives and inference algorithms a fit can use, by name.
+r"""Registries of the objectives and inference algorithms a fit can use, by name.
 
-``ELBOS`` maps names to Pyro ELBO classes; ``INFERENCES`` maps names to factories
-``(model, guide, optim, loss, **options) -> object with step()``, the signature of
-:class:`pyro.infer.SVI`. New algorithms register themselves here.
+``ELBOS`` maps names to factories ``(num_particles=..., **options) -> Pyro ELBO``;
+``INFERENCES`` maps names to factories ``(model, guide, optim, loss, **options) -> object
+with step()``, the signature of :class:`pyro.infer.SVI`. New algorithms register themselves
+here.
+
+**Bounds that are not linear in the log-weights** (Rényi α ≠ 1, IWAE) need care under
+subsampling. Pyro scales every site's log-density by the plate's N/B *before* combining
+particles, so :class:`~pyro.infer.RenyiELBO` computes log mean_k exp((N/B) log w_ik) instead
+of (N/B) log mean_k w_ik: a different, wrong objective whenever B < N. :class:`PerDatapointBound`
+evaluates such a bound per datapoint on the unscaled plate and applies N/B outside. The
+linear bounds (``trace``, ``mean-field``) are exact under subsampling as they are.
 """
 
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+import weakref
 
+from pyro import poutine
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+
+from ..errors import ConfigError
 from ..registry import Registry
 from .semi_amortized import SemiAmortizedSVI
 from .svi import SVI
 
+
+class PerDatapointBound:
+    r"""A Pyro ELBO evaluated with the data plate unscaled, its loss and gradients then
+    multiplied by N/B: the bound of each datapoint is computed on its own and the minibatch
+    sum is scaled outside, as the bound's definition requires.
+
+    For :class:`~pyro.infer.RenyiELBO` with α = 0 and K particles this is the IWAE bound
+    (Burda et al. 2016, eq. 8) summed over the minibatch and scaled by N/B. β < 1 (KL
+    warm-up) scales log p(z) − log q(z) inside each log-weight, which for K = 1 is the
+    β-weighted ELBO.
+
+    The model and guide are called as ``model(x, size=N, beta=β)`` (the site contract of
+    :mod:`pyro_skipvae.sites`); the wrapper calls them without ``size``.
+
+    Gradients: after the wrapped ``loss_and_grads`` they are multiplied by N/B. Gradients a
+    parameter already held are kept (added back unscaled) for parameters seen in an earlier
+    call; a parameter seen for the first time is assumed to start at zero or ``None``, as
+    :class:`pyro.infer.SVI` leaves them.
+
+    :param elbo: the Pyro ELBO to wrap (e.g. ``RenyiELBO(alpha=0, num_particles=5)``).
+    """
+
+    def __init__(self, elbo):
+        self.elbo = elbo
+        self._params = weakref.WeakSet()
+
+    @staticmethod
+    def _scale(x, size):
+        return 1.0 if size is None else size / x.shape[0]
+
+    def loss(self, model, guide, x, *args, size=None, **kwargs):
+        return self._scale(x, size) * self.elbo.loss(model, guide, x, *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, x, *args, size=None, **kwargs):
+        scale = self._scale(x, size)
+        held = {p: p.grad for p in self._params}
+        for p in held:
+            p.grad = None
+        with poutine.trace(param_only=True) as capture:
+            loss = self.elbo.loss_and_grads(model, guide, x, *args, **kwargs)
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+            previous = held.get(p)
+            if previous is not None:
+                p.grad = previous if p.grad is None else p.grad + previous
+        for p, previous in held.items():
+            if p not in params:
+                p.grad = previous
+        self._params = weakref.WeakSet(params)
+        return scale * loss
+
+    def __repr__(self):
+        return f"PerDatapointBound({type(self.elbo).__name__})"
+
+
+def is_nonlinear(elbo) -> bool:
+    """True for an ELBO that is wrong under subsampling unless wrapped (see the module docstring)."""
+    return isinstance(elbo, RenyiELBO)
+
+
+def _particles(num_particles):
+    # Vectorised particles need the plate nesting: the site contract has one plate ("data").
+    return {
+        "num_particles": num_particles,
+        "vectorize_particles": num_particles > 1,
+        "max_plate_nesting": 1,
+    }
+
+
+def _check_particles(num_particles, minimum=1):
+    if (
+        isinstance(num_particles, bool)
+        or not isinstance(num_particles, int)
+        or num_particles < minimum
+    ):
+        raise ConfigError(f"num_particles must be an integer >= {minimum}, found {num_particles!r}")
+
+
 ELBOS = Registry("elbo")
-ELBOS.register("trace", Trace_ELBO)  # Monte-Carlo KL: works with any prior
-ELBOS.register("mean-field", TraceMeanField_ELBO)  # analytic KL where kl_divergence knows it
+
+
+@ELBOS.register("trace")
+def trace_elbo(num_particles=1):
+    """:class:`~pyro.infer.Trace_ELBO`: Monte-Carlo KL, works with any prior and guide."""
+    _check_particles(num_particles)
+    return Trace_ELBO(**_particles(num_particles))
+
+
+@ELBOS.register("mean-field")
+def mean_field_elbo(num_particles=1):
+    """:class:`~pyro.infer.TraceMeanField_ELBO`: analytic KL where ``kl_divergence`` knows the
+    pair (the authors' choice), Monte Carlo otherwise."""
+    _check_particles(num_particles)
+    return TraceMeanField_ELBO(**_particles(num_particles))
+
+
+@ELBOS.register("renyi")
+def renyi_elbo(num_particles=2, alpha=0.5):
+    """Rényi bound of order α (Li & Turner 2016) with K = ``num_particles``, per datapoint."""
+    _check_particles(num_particles, 2)
+    if alpha == 1:
+        raise ConfigError("renyi: alpha = 1 is the ELBO; use --elbo trace")
+    return PerDatapointBound(RenyiELBO(alpha=alpha, **_particles(num_particles)))
+
+
+@ELBOS.register("iwae")
+def iwae_elbo(num_particles=5):
+    """Importance-weighted bound with K = ``num_particles`` samples per datapoint (Burda et al.
+    2016): Rényi α = 0, per datapoint."""
+    _check_particles(num_particles, 2)
+    return PerDatapointBound(RenyiELBO(alpha=0.0, **_particles(num_particles)))
+
 
 INFERENCES = Registry("inference")
 INFERENCES.register("svi", SVI)  # pyro.infer.SVI, without a per-step gradient re-allocation

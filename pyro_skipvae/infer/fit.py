@@ -9,7 +9,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pyro
 import torch
@@ -19,6 +19,17 @@ from ..errors import NonFiniteLossError
 from .annealing import LinearWarmup
 
 logger = logging.getLogger(__name__)
+
+
+def random_batches(size: int, batch_size: int) -> Callable[[torch.Generator], list[torch.Tensor]]:
+    """The default batching: a fresh random permutation of ``range(size)`` each epoch, cut
+    into minibatches of ``batch_size`` (the last one may be smaller)."""
+
+    def batches(generator):
+        order = torch.randperm(size, generator=generator)
+        return list(order.split(batch_size))
+
+    return batches
 
 
 def train(
@@ -31,29 +42,36 @@ def train(
     start_epoch: int = 0,
     annealing: Callable[[float], float] | None = None,
     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    batches: Callable[[torch.Generator], Iterable[torch.Tensor]] | None = None,
+    collate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     evaluate: Callable[[], dict] | None = None,
-    on_epoch_end: Callable[[dict], None] | None = None,
+    on_epoch_end: Callable[[dict], bool | None] | None = None,
     device=None,
     progress: bool = False,
 ) -> list[dict]:
     """Run epochs ``start_epoch + 1 … num_epochs`` and return one record per epoch.
 
-    Each epoch: ``transform(data, generator)`` (e.g. dynamic binarisation), a random
-    permutation from ``generator``, one ``inference.step`` per minibatch with
-    ``beta = annealing(fractional epoch)``, then ``evaluate()``. The record holds ``epoch``,
-    ``train_elbo`` (the running average of the per-datapoint objective, −loss / N: the
-    β-weighted bound while β < 1, the ELBO afterwards), ``beta``, ``seconds`` and whatever
-    ``evaluate`` returns; ``on_epoch_end(record)`` is where callers checkpoint.
+    Each epoch: ``transform(data, generator)`` (e.g. dynamic binarisation), the epoch's
+    minibatch indices from ``batches(generator)`` (default: :func:`random_batches`), one
+    ``inference.step(collate(data, index), size=N, beta=annealing(fractional epoch))`` per
+    minibatch (``collate`` defaults to ``data[index]``; text trims the padding), then
+    ``evaluate()``. The record holds ``epoch``, ``train_elbo`` (the running average of the
+    per-datapoint objective, −loss / N: the β-weighted bound while β < 1, the ELBO
+    afterwards), ``beta``, ``seconds`` and whatever ``evaluate`` returns, keys prefixed
+    ``val_``. ``on_epoch_end(record)`` is where callers checkpoint; it returns True to stop
+    training early.
 
     ``data`` may stay on the CPU (so ``generator`` can be a CPU generator); each minibatch
-    is moved to ``device``. All randomness comes from ``generator`` and the global RNGs, so restoring both at an
-    epoch boundary reproduces the rest of the run exactly.
+    is moved to ``device``. All randomness comes from ``generator`` and the global RNGs, so
+    restoring both at an epoch boundary reproduces the rest of the run exactly.
 
     :raises NonFiniteLossError: on a NaN/inf loss, naming the step; nothing is saved for the
         failing epoch, so the caller's last checkpoint stays the last good one.
     """
     annealing = annealing or LinearWarmup(num_epochs=0)
     size = data.shape[0]
+    batches = batches or random_batches(size, batch_size)
+    collate = collate or (lambda d, index: d[index])
     num_batches = math.ceil(size / batch_size)
     records = []
     bar = tqdm(
@@ -69,45 +87,43 @@ def train(
         for epoch in range(start_epoch, num_epochs):
             started = time.perf_counter()
             epoch_data = transform(data, generator) if transform else data
-            order = torch.randperm(size, generator=generator)
+            epoch_batches = list(batches(generator))
             bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-            total = 0.0
-            for batch in range(num_batches):
-                index = order[batch * batch_size : (batch + 1) * batch_size]
-                beta = annealing(epoch + batch / num_batches)
+            total, seen = 0.0, 0
+            for batch, index in enumerate(epoch_batches):
+                beta = annealing(epoch + batch / len(epoch_batches))
+                x = collate(epoch_data, index).to(device)
                 # Data were validated once up front; Pyro's per-step argument checks would
                 # repeat that work on every step (a measurable share of a step's time).
                 with pyro.validation_enabled(False):
-                    loss = inference.step(epoch_data[index].to(device), size=size, beta=beta)
-                step = epoch * num_batches + batch + 1
+                    loss = inference.step(x, size=size, beta=beta)
                 if not math.isfinite(loss):
+                    step = epoch * len(epoch_batches) + batch + 1
                     raise NonFiniteLossError(
                         f"loss is {loss} at step {step} (epoch {epoch + 1}, batch {batch + 1} "
-                        f"of {num_batches}); training stopped, the last checkpoint is untouched"
+                        f"of {len(epoch_batches)}); training stopped, the last checkpoint is untouched"
                     )
                 # loss ≈ −N · (per-datapoint objective); weight each batch by its size.
                 total += -loss / size * len(index)
+                seen += len(index)
                 bar.update()
                 if batch % 20 == 0:
-                    bar.set_postfix(
-                        elbo=f"{total / min(size, (batch + 1) * batch_size):.2f}",
-                        beta=f"{beta:.2f}",
-                    )
+                    bar.set_postfix(elbo=f"{total / seen:.2f}", beta=f"{beta:.2f}")
             record = {"epoch": epoch + 1, "train_elbo": total / size, "beta": beta}
             if evaluate is not None:
-                metrics = evaluate()
-                for key, value in metrics.items():
+                for key, value in evaluate().items():
                     if isinstance(value, float) and not math.isfinite(value):
                         raise NonFiniteLossError(
-                            f"{key} is {value} after epoch {epoch + 1}; the last checkpoint is untouched"
+                            f"val_{key} is {value} after epoch {epoch + 1}; the last checkpoint is untouched"
                         )
-                record.update(metrics)
+                    record[f"val_{key}"] = value
             record["seconds"] = time.perf_counter() - started
             bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.startswith("val_")})
             logger.info("epoch %d: %s", epoch + 1, record)
             records.append(record)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
+            if on_epoch_end is not None and on_epoch_end(record):
+                logger.info("training stopped after epoch %d", epoch + 1)
+                break
     finally:
         bar.close()
     return records

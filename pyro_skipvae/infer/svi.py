@@ -1,33 +1,63 @@
-"""Stochastic variational inference: :class:`pyro.infer.SVI` minus one measured cost."""
+"""Stochastic variational inference: :class:`pyro.infer.SVI` with one optimizer step shared
+with semi-amortized inference."""
 
 import pyro.infer
+import pyro.optim
 from pyro import poutine
+
+from ..diagnostics.elbo import evaluate_elbo
+from ..modes import evaluating
+from .optim import Optimizer
 
 
 class SVI(pyro.infer.SVI):
-    """:class:`pyro.infer.SVI` that releases gradients after each step instead of zero-filling them.
+    """:class:`pyro.infer.SVI` that also takes our :class:`~.optim.Optimizer` and releases
+    gradients after each step instead of zero-filling them.
 
     Stock ``SVI.step`` ends with ``pyro.infer.util.zero_grads``, which allocates a zero tensor
-    per parameter (``p.grad = zeros_like(p.grad)``); the next backward pass then reads and adds
-    into those buffers instead of writing fresh ones. For the 6M-parameter MNIST MLP VAE that
-    was most of Pyro's overhead over a hand-written PyTorch step (``benchmarks/overhead.py``).
-    Setting ``p.grad = None`` is what ``torch.optim.Optimizer.zero_grad`` does by default.
-    Everything else (parameter capture, ``pyro.optim`` per-parameter optimizers, any ELBO) is
-    unchanged, so this is a drop-in replacement.
+    per parameter; the next backward pass then reads and adds into those buffers instead of
+    writing fresh ones (most of Pyro's overhead over a hand-written PyTorch step on the MNIST
+    MLP, ``benchmarks/overhead.py``). Any Pyro ELBO and any :class:`pyro.optim.PyroOptim` work
+    as with stock SVI.
     """
+
+    def __init__(self, model, guide, optim, loss, **kwargs):
+        if isinstance(optim, Optimizer):
+            # pyro.infer.SVI insists on a PyroOptim; ours is applied by apply_gradients.
+            super().__init__(model, guide, pyro.optim.Adam({}), loss, **kwargs)
+            self.optim = optim
+        else:
+            super().__init__(model, guide, optim, loss, **kwargs)
 
     def step(self, *args, **kwargs):
         with poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        apply_gradients(self.optim, param_capture.trace)
+        size = kwargs.get("size") or (args[0].shape[0] if args else 1)
+        apply_gradients(self.optim, param_capture.trace, size=size)
         return loss.item() if hasattr(loss, "item") else float(loss)
 
+    def evaluate_metrics(self, data, *, batch_size=500):
+        """Mean per-datapoint ``elbo`` and ``kl`` (nats) of the amortized guide on ``data``,
+        with the networks in ``eval()`` mode (see :func:`~pyro_skipvae.diagnostics.evaluate_elbo`)."""
+        with evaluating(self.model, self.guide):
+            result = evaluate_elbo(self.model, self.guide, data, batch_size=batch_size)
+        return {"elbo": result["elbo"], "kl": result["kl"]}
 
-def apply_gradients(optim, param_trace) -> None:
-    """Step ``optim`` (a :class:`pyro.optim.PyroOptim`) on every parameter recorded in
-    ``param_trace`` (from ``poutine.trace(param_only=True)`` around the backward pass), then
-    release their gradients (``grad = None``, not a zero-filled copy: see :class:`SVI`)."""
+
+def apply_gradients(optim, param_trace, *, size: int) -> None:
+    """One optimizer step on every parameter recorded in ``param_trace`` (from
+    ``poutine.trace(param_only=True)`` around the backward pass), then release their
+    gradients (``grad = None``, not a zero-filled copy).
+
+    With our :class:`~.optim.Optimizer` the step is on the per-datapoint gradient (1/``size``
+    of Pyro's N-scaled one, see :mod:`~.optim`); with a :class:`pyro.optim.PyroOptim` it is
+    Pyro's usual step on the N-scaled gradient.
+    """
     params = {site["value"].unconstrained() for site in param_trace.nodes.values()}
+    if isinstance(optim, Optimizer):
+        optim.check_params(params)
+        optim.step(size=size)
+        return
     optim(params)
     for p in params:
         p.grad = None

@@ -2,6 +2,9 @@
 
 A likelihood turns the decoder's output tensor (shape ``batch + param_shape``) into a Pyro
 distribution over one datapoint of shape ``data_shape`` (``event_dim == len(data_shape)``).
+``forward(params, x=None)`` also receives the observed data when there is any, so a likelihood
+can mask positions that are not data (padding after the end of a sentence); generation calls
+it without ``x``.
 It also states what it needs from the decoder (:attr:`Likelihood.param_shape`) and checks
 data against its support (:meth:`Likelihood.validate`), so bad data is rejected once,
 up front, with a readable message instead of deep inside a training step.
@@ -13,7 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
 
 LIKELIHOODS = Registry("likelihood")
@@ -34,7 +37,9 @@ class Likelihood(nn.Module):
         """Shape of the decoder output for one datapoint."""
         return self.data_shape
 
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+    def forward(
+        self, params: torch.Tensor, x: torch.Tensor | None = None
+    ) -> dist.TorchDistribution:
         raise NotImplementedError
 
     def validate(self, x: torch.Tensor, name: str = "data") -> None:
@@ -72,7 +77,7 @@ class BernoulliLikelihood(Likelihood):
 
     support_description = "binary values in {0, 1}"
 
-    def forward(self, params):
+    def forward(self, params, x=None):
         return self._event(dist.Bernoulli(logits=params))
 
     def _check_support(self, x):
@@ -86,7 +91,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
     support_description = "values in [0, 1]"
 
-    def forward(self, params):
+    def forward(self, params, x=None):
         return self._event(dist.ContinuousBernoulli(logits=params))
 
     def _check_support(self, x):
@@ -102,7 +107,7 @@ class NormalLikelihood(Likelihood):
         super().__init__(data_shape)
         self.log_scale = nn.Parameter(torch.full(self.data_shape, math.log(init_scale)))
 
-    def forward(self, params):
+    def forward(self, params, x=None):
         return self._event(dist.Normal(params, self.log_scale.exp()))
 
 
@@ -116,8 +121,9 @@ class CategoricalLikelihood(Likelihood):
     def __init__(self, data_shape, num_categories: int | None = None):
         super().__init__(data_shape)
         if num_categories is None or num_categories < 2:
-            raise DataError(
-                f"categorical likelihood: expected num_categories >= 2, found {num_categories}"
+            raise ConfigError(
+                "categorical likelihood: expected the option num_categories >= 2 (e.g. "
+                f"--likelihood-option num_categories=10000), found {num_categories}"
             )
         self.num_categories = num_categories
         self.support_description = f"integers in [0, {num_categories})"
@@ -126,7 +132,7 @@ class CategoricalLikelihood(Likelihood):
     def param_shape(self):
         return self.data_shape + (self.num_categories,)
 
-    def forward(self, params):
+    def forward(self, params, x=None):
         return self._event(dist.Categorical(logits=params))
 
     def _check_support(self, x):

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from ...checks import check_widths
 from .base import Decoder
 
 
@@ -30,7 +31,7 @@ class MLPDecoder(Decoder):
 
     def __init__(self, latent_dim, output_shape, *, hidden_dims=(1024, 1024), skip=True):
         super().__init__(latent_dim, output_shape, skip=skip)
-        widths = [latent_dim, *hidden_dims, self.output_size]
+        widths = [latent_dim, *check_widths("hidden_dims", hidden_dims), self.output_size]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         # The first layer already sees z through W_1, so skips start at layer 2. Bias-free:
         # every layer already has b_l.

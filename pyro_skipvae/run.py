@@ -1,0 +1,234 @@
+"""One training run: its history, model selection and, given a folder, its files.
+
+A run folder holds
+
+=================  ===============================================================
+``config.json``    everything needed to rebuild the model and to check a resume
+``checkpoint.pt``  the latest epoch: weights, optimizer, RNG states, history, selection
+``best.pt``        the selected epoch's weights (what ``SkipVAE.load`` and ``diagnose`` use)
+``metrics.jsonl``  one JSON object per epoch
+=================  ===============================================================
+
+Every file is written atomically (:mod:`pyro_skipvae.checkpoint`). :class:`Run` is the object
+the training loop calls back after each epoch (as Lightning's ``ModelCheckpoint`` is called by
+its ``Trainer``); :meth:`SkipVAE.fit <pyro_skipvae.SkipVAE.fit>` wires it up.
+
+**Model selection** is on the validation bound ``val_elbo``: the amortized ELBO for amortized
+runs, the refined bound for semi-amortized ones (as the authors select). Without validation
+data every epoch counts as an improvement, so ``best.pt`` is the last epoch: selecting on the
+training objective would favour early epochs during KL warm-up, where β < 1 inflates it.
+"""
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from . import checkpoint
+from .errors import CheckpointError, ConfigError
+from .names import canonical_name
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 2
+CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE = (
+    "config.json",
+    "checkpoint.pt",
+    "best.pt",
+    "metrics.jsonl",
+)
+#: options that may change between a run and its resumption without changing the result of
+#: the epochs already done
+RESUMABLE_CHANGES = {("train", "num_epochs"), ("run", "device")}
+SELECTION_METRIC = "val_elbo"
+
+
+def read_config(run_dir) -> dict:
+    """The ``config.json`` of a run folder.
+
+    :raises CheckpointError: if it is missing or unreadable.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{run_dir} is not a run directory: expected {CONFIG_FILE} there"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e})") from None
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """``(section.key, saved, current)`` for every setting that differs and matters on resume."""
+    differences = []
+    for section in ("model", "train", "run"):
+        a, b = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if (section, key) not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
+                differences.append((f"{section}.{key}", a.get(key), b.get(key)))
+    return differences
+
+
+class Run:
+    """History, selection and checkpoints of one fit.
+
+    :param path: the run folder, or ``None`` to keep everything in memory.
+    :param dict config: the run's configuration (JSON-able; ``config.json``).
+    :param model: the Pyro model module (weights saved under ``"model"``).
+    :param guide: the guide module (``"guide"``).
+    :param optimizer: anything with ``get_state``/``set_state`` (our
+        :class:`~pyro_skipvae.infer.optim.Optimizer` or a :class:`pyro.optim.PyroOptim`).
+    :param torch.Generator generator: the data-order generator.
+    """
+
+    def __init__(self, path, config, *, model, guide, optimizer, generator):
+        self.path = None if path is None else Path(path)
+        self.config = config
+        self.model, self.guide = model, guide
+        self.optimizer = optimizer
+        self.generator = generator
+        self.history: list[dict] = []
+        self.best_score = -math.inf
+        self.best_epoch = None
+
+    # ------------------------------------------------------------------ start
+    def start(self, *, resume: bool) -> None:
+        """Write (or, to resume, check) ``config.json``; with ``resume``, restore every state
+        from ``checkpoint.pt`` so the rest of the run is exactly an uninterrupted one's.
+
+        :raises ConfigError: the folder holds a run and ``resume`` is False (nothing is
+            overwritten), or its configuration differs.
+        :raises CheckpointError: unreadable or mismatched files.
+        """
+        if self.path is None:
+            return
+        config_path, checkpoint_path = self.path / CONFIG_FILE, self.path / CHECKPOINT_FILE
+        if config_path.exists() or checkpoint_path.exists():
+            if not resume:
+                raise ConfigError(
+                    f"{self.path} already holds a run; pass resume=True (--resume) to continue it, "
+                    "or choose another output directory (nothing was overwritten)"
+                )
+            differences = config_differences(read_config(self.path), self.config)
+            if differences:
+                raise ConfigError(
+                    f"cannot resume {self.path}: its configuration differs in "
+                    + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in differences)
+                )
+        checkpoint.atomic_write_json(config_path, self.config)
+        if resume and checkpoint_path.exists():
+            self._restore(checkpoint.load(checkpoint_path), checkpoint_path)
+            logger.info("resuming %s after epoch %d", self.path, len(self.history))
+        self._write_metrics()
+
+    def _restore(self, state, path):
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path} has checkpoint format {state.get('format')}, this version reads "
+                f"format {CHECKPOINT_FORMAT}; start a new run"
+            )
+        if config_differences(state["config"], self.config):
+            raise CheckpointError(
+                f"{path} was written for a different configuration than {CONFIG_FILE}"
+            )
+        load_weights(self.model, self.guide, state, path)
+        _set_optimizer_state(self.optimizer, state["optimizer"], self.model, self.guide)
+        checkpoint.set_rng_state(state["rng"])
+        self.generator.set_state(state["generator"])
+        self.history = list(state["history"])
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+
+    # ------------------------------------------------------------------ each epoch
+    def select(self, record: dict) -> bool:
+        """Record an epoch; return whether it is the best so far (see the module docstring)."""
+        self.history.append(record)
+        score = record.get(SELECTION_METRIC)
+        improved = score is None or score > self.best_score
+        if improved:
+            self.best_score = -math.inf if score is None else score
+            self.best_epoch = record["epoch"]
+        record["selected"] = self.best_epoch
+        return improved
+
+    def save(self, *, improved: bool) -> None:
+        """Write ``best.pt`` (if ``improved``), ``checkpoint.pt`` and ``metrics.jsonl``."""
+        if self.path is None:
+            return
+        weights = self.weights()
+        if improved:
+            checkpoint.atomic_save(weights, self.path / BEST_FILE)
+        state = dict(
+            weights,
+            optimizer=_optimizer_state(self.optimizer),
+            rng=checkpoint.get_rng_state(),
+            generator=self.generator.get_state(),
+            history=self.history,
+            best_score=self.best_score,
+            best_epoch=self.best_epoch,
+        )
+        checkpoint.atomic_save(state, self.path / CHECKPOINT_FILE)
+        self._write_metrics()
+
+    def weights(self) -> dict:
+        """The model and guide weights with the configuration, as ``best.pt`` holds them."""
+        return weights_state(self.config, len(self.history), self.model, self.guide)
+
+    def _write_metrics(self):
+        checkpoint.atomic_write_text(
+            self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.history)
+        )
+
+
+def weights_state(config, epoch, model, guide) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": config,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "guide": guide.state_dict(),
+    }
+
+
+def load_weights(model, guide, state, path="checkpoint") -> None:
+    try:
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path} does not fit this model ({e})") from None
+
+
+# Pyro's optimizers key their states by parameter names, which carry the module's
+# process-unique suffix (pyro_skipvae.names); checkpoints store the canonical names.
+def _optimizer_state(optimizer):
+    state = optimizer.get_state()
+    if _is_pyro_optim(optimizer):
+        state = {canonical_name(name): value for name, value in state.items()}
+    return state
+
+
+def _set_optimizer_state(optimizer, state, model, guide):
+    if _is_pyro_optim(optimizer):
+        prefixes = {
+            canonical_name(m._pyro_name): m._pyro_name
+            for m in (model, guide)
+            if getattr(m, "_pyro_name", "")
+        }
+
+        def actual(name):
+            for base, prefix in prefixes.items():
+                if name == base or name.startswith((base + ".", base + "$")):
+                    return prefix + name[len(base) :]
+            return name
+
+        state = {actual(name): value for name, value in state.items()}
+    optimizer.set_state(state)
+
+
+def _is_pyro_optim(optimizer) -> bool:
+    import pyro.optim
+
+    return isinstance(optimizer, pyro.optim.PyroOptim)
+
+
+__all__ = ["Run", "config_differences", "load_weights", "read_config", "weights_state"]
