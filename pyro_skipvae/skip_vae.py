@@ -352,9 +352,10 @@ class SkipVAE:
 
         def on_epoch_end(record):
             improved = run.select(record)
-            stop = isinstance(optimizer, Optimizer) and optimizer.end_epoch(
-                record["epoch"], improved
-            )
+            stop = False
+            if isinstance(optimizer, Optimizer):
+                record["learning_rate"] = optimizer.learning_rate  # the rate this epoch used
+                stop = optimizer.end_epoch(record["epoch"], improved)
             run.save(improved=improved)
             return stop
 

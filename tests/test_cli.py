@@ -70,6 +70,15 @@ def test_fit_on_real_mnist(tmp_path, data_dir, skip):
         (["--latent-dim", "0"], 2, "0 is not in the range x>=1"),
         (["--hidden-dims", "64,x"], 2, "comma-separated integers"),
         (["--prior", "laplace"], 2, "error: unknown prior 'laplace'; expected one of:"),
+        (["--likelihood", "categorical"], 2, "expected the option num_categories >= 2"),
+        (
+            ["--decoder-option", "width=3"],
+            2,
+            "unknown option(s) width for decoder 'mlp'; valid options: hidden_dims",
+        ),
+        (["--decoder-option", "hidden_dims"], 2, "expected KEY=VALUE"),
+        (["--device", "gpu"], 2, "expected cpu, cuda or cuda:N"),
+        (["--elbo", "iwae", "--num-particles", "1"], 2, "num_particles must be an integer >= 2"),
         (["--dataset", "cifar"], 2, "error: unknown dataset 'cifar'"),
         (["--data-dir", "/nonexistent"], 1, "error: no data directory holding MNIST/raw/"),
         (
@@ -204,3 +213,35 @@ def test_full_mnist_epoch_trains_skip_and_plain_vaes(tmp_path, data_dir):
         assert result.exit_code == 0, result.output
         record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
         assert record["val_elbo"] > -160 and record["val_kl"] > 5, record
+
+
+def test_component_options_reach_config_json_and_the_reloaded_model(tmp_path, data_dir):
+    out = tmp_path / "run"
+    result = run_cli(
+        "fit",
+        "--data-dir",
+        str(data_dir),
+        *SMALL,
+        "--num-epochs",
+        "1",
+        "--out",
+        str(out),
+        "--decoder-option",
+        "hidden_dims=[16, 8]",
+        "--encoder-option",
+        "hidden-dims=[12]",
+        "--prior",
+        "mixture",
+        "--prior-option",
+        "num_components=3",
+    )
+    assert result.exit_code == 0, result.output
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["decoder_options"] == {"hidden_dims": [16, 8]}  # explicit beats --hidden-dims
+    assert model["encoder_options"] == {"hidden_dims": [12]}
+    assert model["prior_options"] == {"num_components": 3}
+    from pyro_skipvae import SkipVAE
+
+    vae = SkipVAE.load(out)
+    assert [m.out_features for m in vae.model.decoder.layers] == [16, 8, 784]
+    assert vae.model.prior.logits.shape == (3,)

@@ -145,3 +145,64 @@ def test_errors_are_one_line(tmp_path):
     assert result.exit_code == 1 and "skipvae diagnose" in result.output
     result = runner.invoke(cli, ["diagnose", str(tmp_path), "--split", "train"])
     assert result.exit_code == 2
+
+
+def test_semi_amortized_run_is_diagnosed_with_its_own_refinement(tmp_path):
+    """Default: the run's K, step size, momentum, clip, coordinates and batch size from
+    config.json; --num-refine-steps 0: the amortized encoder."""
+    out = tmp_path / "sa"
+    fit = [
+        "fit",
+        "--train-size",
+        "300",
+        "--val-size",
+        "100",
+        "--num-epochs",
+        "1",
+        "--hidden-dims",
+        "32",
+        "--latent-dim",
+        "4",
+        "--batch-size",
+        "25",
+        "--quiet",
+        "--inference",
+        "semi-amortized",
+        "--sa-mode",
+        "kl",
+        "--num-refine-steps",
+        "3",
+        "--refine-lr",
+        "0.7",
+        "--refine-momentum",
+        "0.2",
+        "--refine-max-grad-norm",
+        "2",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(cli, fit)
+    assert result.exit_code == 0, result.output
+    assert "refined validation ELBO" in result.output and "amortization gap" in result.output
+    quick = ["--eval-size", "60", "--num-samples", "0", "--no-plots", "--quiet"]
+    result = CliRunner().invoke(cli, ["diagnose", str(out), *quick])
+    assert result.exit_code == 0, result.output
+    own = json.loads((out / "diagnostics.json").read_text())
+    assert own["inference"] == "semi-amortized" and own["num_refine_steps"] == 3
+    assert own["refinement"] == {
+        "num_refine_steps": 3,
+        "refine_lr": 0.7,
+        "refine_momentum": 0.2,
+        "refine_max_grad_norm": 2.0,
+        "refine_coordinates": "log-variance",
+        "refine_batch_size": 25,
+        "mode": "kl",
+    }
+    amortized = tmp_path / "amortized.json"
+    result = CliRunner().invoke(
+        cli, ["diagnose", str(out), "--num-refine-steps", "0", "--out", str(amortized), *quick]
+    )
+    assert result.exit_code == 0, result.output
+    plain = json.loads(amortized.read_text())
+    assert plain["inference"] == "amortized" and plain["refinement"] is None
+    assert own["elbo"] > plain["elbo"], "refinement must raise the bound on the same images"

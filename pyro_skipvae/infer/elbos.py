@@ -16,7 +16,7 @@ linear bounds (``trace``, ``mean-field``) are exact under subsampling as they ar
 import weakref
 
 from pyro import poutine
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -24,7 +24,7 @@ from .semi_amortized import SemiAmortizedSVI
 from .svi import SVI
 
 
-class PerDatapointBound:
+class PerDatapointBound(ELBO):
     r"""A Pyro ELBO evaluated with the data plate unscaled, its loss and gradients then
     multiplied by N/B: the bound of each datapoint is computed on its own and the minibatch
     sum is scaled outside, as the bound's definition requires.
@@ -46,6 +46,12 @@ class PerDatapointBound:
     """
 
     def __init__(self, elbo):
+        # An ELBO subclass, so pyro.infer.SVI calls loss_and_grads; settings are the wrapped one's.
+        super().__init__(
+            num_particles=elbo.num_particles,
+            max_plate_nesting=elbo.max_plate_nesting,
+            vectorize_particles=elbo.vectorize_particles,
+        )
         self.elbo = elbo
         self._params = weakref.WeakSet()
 
@@ -76,13 +82,18 @@ class PerDatapointBound:
         self._params = weakref.WeakSet(params)
         return scale * loss
 
+    def _get_trace(self, model, guide, args, kwargs):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
     def __repr__(self):
         return f"PerDatapointBound({type(self.elbo).__name__})"
 
 
 def is_nonlinear(elbo) -> bool:
-    """True for an ELBO that is wrong under subsampling unless wrapped (see the module docstring)."""
-    return isinstance(elbo, RenyiELBO)
+    """True for an ELBO that is wrong under subsampling unless wrapped (see the module
+    docstring); also for such an ELBO's bound ``loss`` method, which is what
+    :class:`pyro.infer.SVI` keeps."""
+    return isinstance(getattr(elbo, "__self__", elbo), RenyiELBO)
 
 
 def _particles(num_particles):
