@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+
 from pyro_skipvae.cli.main import cli
 
 SMALL = [

@@ -7,8 +7,8 @@ import math
 
 import pytest
 from click.testing import CliRunner
-from pyro_skipvae.cli.main import cli
 
+from pyro_skipvae.cli.main import cli
 from pyro_skipvae.data.paths import resolve_data_dir
 from pyro_skipvae.errors import SkipVAEError
 

@@ -1,0 +1,292 @@
+"""Grids of runs: every cell is an ordinary run folder, fitted and diagnosed, one CSV row each.
+
+A grid file (YAML or JSON) names the shared options and the axes to cross::
+
+    fit:                      # options of `skipvae fit` for every cell (snake_case names)
+      dataset: mnist
+      num_epochs: 5
+      hidden_dims: [256, 256]
+    diagnose:                 # options of `skipvae diagnose` for every cell
+      num_samples: 500
+    grids:                    # the union of these cross products (identical cells run once)
+      - name: latent
+        axes: {skip: [true, false], latent_dim: [2, 8, 32], seed: [0, 1, 2]}
+      - name: depth
+        fit: {latent_dim: 32}          # overrides for this grid only
+        axes: {skip: [true, false], hidden_dims: [[256], [256, 256]], seed: [0, 1, 2]}
+
+Each cell runs ``skipvae fit`` then ``skipvae diagnose`` in a child process (so ``jobs`` cells
+can run side by side, on CPU cores or sharing a GPU, and a crash takes one cell down, not the
+sweep), with its output in ``<out>/cells/<cell>/log.txt``. The sweep is resumable: a cell
+whose row says ``ok`` is never recomputed; an interrupted cell resumes from its checkpoint
+(``fit --resume``); a failed cell is recorded with its error, the sweep goes on, and a later
+invocation retries it. ``<out>/results.csv`` holds one row per cell (:data:`COLUMNS`).
+"""
+
+import csv
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import checkpoint
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.csv"
+#: options whose False is spelled ``--no-<option>`` on the command line
+NEGATABLE = {"skip"}
+#: the columns of results.csv, in order
+COLUMNS = [
+    "cell", "status", "error", "grid",
+    "skip", "inference", "latent_dim", "num_layers", "decoder", "dataset", "seed",
+    "val_elbo", "test_elbo", "test_nll", "test_nll_se", "kl", "kl_se", "mi", "mi_se", "log_n",
+    "agg_kl", "agg_kl_se", "au", "accuracy", "accuracy_knn", "pareto_k_share_above",
+    "mi_le_kl", "mi_le_log_n", "au_le_latent_dim",
+    "epochs", "selected_epoch", "seconds", "diagnose_seconds",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its folder name, the grid it came from, and its options."""
+
+    name: str
+    grid: str
+    fit: dict
+    diagnose: dict
+
+
+def read_config_file(path) -> dict:
+    """A YAML (``.yaml``/``.yml``) or JSON file holding a mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path} ({e})") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            content = yaml.safe_load(text)
+        else:
+            content = json.loads(text)
+    except Exception as e:  # yaml.YAMLError or json.JSONDecodeError
+        raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()} ({e})") from None
+    if not isinstance(content, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping at the top level, found {type(content).__name__}"
+        )
+    return content
+
+
+def expand_grid(spec: dict) -> list[Cell]:
+    """The cells of a grid specification (see the module docstring), duplicates removed."""
+    unknown = set(spec) - {"fit", "diagnose", "grids", "description"}
+    if unknown:
+        raise ConfigError(
+            f"unknown grid key(s) {sorted(unknown)}; expected: fit, diagnose, grids, description"
+        )
+    grids = spec.get("grids") or [{"axes": spec.get("axes", {})}]
+    cells: dict[str, Cell] = {}
+    for i, grid in enumerate(grids):
+        extra = set(grid) - {"name", "fit", "axes"}
+        if extra:
+            raise ConfigError(
+                f"grids[{i}]: unknown key(s) {sorted(extra)}; expected name, fit, axes"
+            )
+        axes = grid.get("axes") or {}
+        for key, values in axes.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(
+                    f"grids[{i}].axes.{key}: expected a non-empty list, found {values!r}"
+                )
+        base = {**(spec.get("fit") or {}), **(grid.get("fit") or {})}
+        for combination in itertools.product(*axes.values()):
+            options = {**base, **dict(zip(axes, combination))}
+            name = cell_name(options, spec.get("fit") or {})
+            cells.setdefault(
+                name, Cell(name, grid.get("name", str(i)), options, spec.get("diagnose") or {})
+            )
+    return list(cells.values())
+
+
+def cell_name(options: dict, shared: dict) -> str:
+    """A readable, filesystem-safe folder name from the options that differ from ``shared``
+    (sorted by key, so the same options always give the same name)."""
+    parts = []
+    for key in sorted(options):
+        if key in shared and shared[key] == options[key]:
+            continue
+        value = options[key]
+        text = ",".join(map(str, value)) if isinstance(value, list | tuple) else json.dumps(value)
+        parts.append(f"{key}={text}")
+    name = "_".join(parts) or "base"
+    return re.sub(r"[^A-Za-z0-9=,._+-]", "", name.replace('"', ""))
+
+
+def command_arguments(options: dict) -> list[str]:
+    """``{"latent_dim": 32, "skip": False, "decoder_options": {"k": 3}}`` →
+    ``["--latent-dim", "32", "--no-skip", "--decoder-option", "k=3"]``."""
+    args = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                args.append(flag)
+            elif key in NEGATABLE:
+                args.append("--no-" + key.replace("_", "-"))
+        elif value is None:
+            continue
+        elif isinstance(value, dict):  # decoder_options etc.: a repeated --decoder-option K=V
+            for k, v in value.items():
+                args += [flag.removesuffix("s"), f"{k}={json.dumps(v)}"]
+        elif isinstance(value, list | tuple):
+            args += [flag, ",".join(map(str, value))]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None) -> dict:
+    """Run (or resume) every cell of ``grid_file`` into ``out``; return a summary
+    ``{"cells", "ok", "failed", "skipped", "results"}`` (``results``: the CSV's path).
+
+    :param int jobs: cells run side by side (child processes). On CPU each child gets
+        ``max(1, cpu_count // jobs)`` threads unless ``OMP_NUM_THREADS`` is set.
+    :param str python: the interpreter for the child processes (default: this one).
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be a positive integer, found {jobs!r}")
+    cells = expand_grid(read_config_file(grid_file))
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    rows = _read_rows(out / RESULTS_FILE)
+    todo = [c for c in cells if rows.get(c.name, {}).get("status") != "ok"]
+    summary = {"cells": len(cells), "ok": 0, "failed": 0, "skipped": len(cells) - len(todo)}
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(cells), initial=summary["skipped"], disable=not progress, unit="cell")
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {
+            pool.submit(_run_cell, cell, out, python or sys.executable, env): cell for cell in todo
+        }
+        for future in as_completed(futures):
+            cell = futures[future]
+            row = future.result()
+            rows[cell.name] = row
+            summary["ok" if row["status"] == "ok" else "failed"] += 1
+            _write_rows(out / RESULTS_FILE, rows, [c.name for c in cells])
+            bar.set_postfix(ok=summary["ok"], failed=summary["failed"])
+            bar.update()
+    bar.close()
+    _write_rows(out / RESULTS_FILE, rows, [c.name for c in cells])
+    summary["results"] = str(out / RESULTS_FILE)
+    return summary
+
+
+def _run_cell(cell: Cell, out: Path, python: str, env: dict) -> dict:
+    """Fit (resuming if the folder holds a run) and diagnose one cell; never raises."""
+    folder = out / "cells" / cell.name
+    folder.mkdir(parents=True, exist_ok=True)
+    cli = [python, "-m", "pyro_skipvae.cli.main"]
+    fit = [*cli, "fit", *command_arguments(cell.fit), "--out", str(folder), "--quiet"]
+    if (folder / "config.json").exists():
+        fit.append("--resume")
+    diagnose = [*cli, "diagnose", str(folder), *command_arguments(cell.diagnose), "--quiet"]
+    started = time.perf_counter()
+    with open(folder / "log.txt", "a") as log:
+        for command in (fit, diagnose):
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            if done.returncode != 0:
+                error = _last_error(folder / "log.txt") or f"exit status {done.returncode}"
+                logger.warning("cell %s failed: %s", cell.name, error)
+                return {"cell": cell.name, "grid": cell.grid, "status": "failed", "error": error}
+    logger.info("cell %s done in %.0f s", cell.name, time.perf_counter() - started)
+    return {
+        "cell": cell.name,
+        "grid": cell.grid,
+        "status": "ok",
+        "error": "",
+        **cell_results(folder),
+    }
+
+
+def _last_error(log: Path) -> str:
+    # ours print "error: ...", click's usage errors "Error: ..."
+    lines = [line for line in log.read_text().splitlines() if line.lower().startswith("error:")]
+    return lines[-1][len("error:") :].strip() if lines else ""
+
+
+def cell_results(folder) -> dict:
+    """The results.csv columns of a fitted and diagnosed run folder."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    metrics = json.loads((folder / "diagnostics.json").read_text())
+    model, train = config["model"], config["train"]
+    options = model.get("decoder_options", {})
+    num_layers = options.get("num_layers", len(options.get("hidden_dims", [])) or None)
+    inference = {"svi": "amortized"}.get(train["inference"], train["inference"])
+    if inference == "semi-amortized":
+        inference += "/" + train.get("inference_options", {}).get("mode", "end-to-end")
+    selected = history[-1].get("selected", history[-1]["epoch"])
+    val = next((r.get("val_elbo") for r in history if r["epoch"] == selected), None)
+    checks = metrics.get("checks", {})
+    return {
+        "skip": model["skip"],
+        "inference": inference,
+        "latent_dim": model["latent_dim"],
+        "num_layers": num_layers,
+        "decoder": model["decoder"],
+        "dataset": config["run"].get("dataset"),
+        "seed": train["seed"],
+        "val_elbo": val,
+        "test_elbo": metrics.get("elbo"),
+        "test_nll": metrics.get("nll"),
+        "test_nll_se": metrics.get("nll_se"),
+        **{
+            k: metrics.get(k)
+            for k in ("kl", "kl_se", "mi", "mi_se", "log_n", "agg_kl", "agg_kl_se", "au")
+        },
+        "accuracy": metrics.get("accuracy"),
+        "accuracy_knn": metrics.get("accuracy_knn"),
+        "pareto_k_share_above": metrics.get("pareto_k_share_above"),
+        "mi_le_kl": checks.get("mi_le_kl"),
+        "mi_le_log_n": checks.get("mi_le_log_n"),
+        "au_le_latent_dim": metrics.get("au", 0) <= model["latent_dim"],
+        "epochs": len(history),
+        "selected_epoch": selected,
+        "seconds": round(sum(r["seconds"] for r in history), 1),
+        "diagnose_seconds": round(sum(metrics.get("seconds", {}).values()), 1),
+    }
+
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {row["cell"]: row for row in csv.DictReader(f)}
+
+
+def _write_rows(path: Path, rows: dict, order: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for name in order + sorted(set(rows) - set(order)):
+        if name in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in rows[name].items()})
+    checkpoint.atomic_write_text(path, buffer.getvalue())
