@@ -146,9 +146,34 @@ def component_options(kind):
     )
 
 
+def print_version(ctx, param, value):
+    """``--version``: the versions a bug report needs (imports torch, so only when asked)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    import pyro
+    import torch
+
+    cuda = torch.version.cuda or "none"
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    click.echo(
+        f"pyro-skipvae {version('pyro-skipvae')}, torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"CUDA {cuda} ({devices} device(s) visible), Python {sys.version.split()[0]}"
+    )
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("-v", "--verbose", is_flag=True, help="Log every epoch's metrics.")
-@click.version_option(package_name="pyro-skipvae")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=print_version,
+    help="Show the versions of pyro-skipvae, torch, Pyro and CUDA, then exit.",
+)
 def cli(verbose):
     """Collapse-resistant VAEs on Pyro: fit and measure generative skip models."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")

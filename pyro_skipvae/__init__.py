@@ -4,27 +4,42 @@ Generative skip models (Dieng, Kim, Rush & Blei, AISTATS 2019), semi-amortized i
 (Kim et al., ICML 2018) and honest measurements of posterior collapse, written as Pyro
 model/guide pairs. Most users need only :class:`SkipVAE`; the parts are exported for those
 who assemble their own.
+
+The names below are loaded on first use (PEP 562), so importing the package, or starting the
+``skipvae`` command (which lives in ``pyro_skipvae.cli``), costs nothing until torch and Pyro
+are actually needed.
 """
 
-from .errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, SkipVAEError
-from .guides import Guide
-from .models import Model
-from .sites import DATA_PLATE, LATENT_SITE, OBSERVED_SITE
-from .skip_vae import ModelConfig, SkipVAE
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DATA_PLATE",
-    "DataError",
-    "Guide",
-    "LATENT_SITE",
-    "Model",
-    "ModelConfig",
-    "NonFiniteLossError",
-    "OBSERVED_SITE",
-    "SkipVAE",
-    "SkipVAEError",
-]
+_EXPORTS = {
+    "CheckpointError": ".errors",
+    "ConfigError": ".errors",
+    "DataError": ".errors",
+    "NonFiniteLossError": ".errors",
+    "SkipVAEError": ".errors",
+    "DATA_PLATE": ".sites",
+    "LATENT_SITE": ".sites",
+    "OBSERVED_SITE": ".sites",
+    "Guide": ".guides",
+    "Model": ".models",
+    "ModelConfig": ".skip_vae",
+    "SkipVAE": ".skip_vae",
+    "TrainConfig": ".skip_vae",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -112,3 +112,21 @@ def test_cli_mirrors_agree_with_the_library():
     assert cli.OPTIMIZERS == tuple(OPTIMIZERS.names())
     assert cli.LR_DECAYS == LR_DECAYS
     assert importlib.util.find_spec("pyro_skipvae.cli") is not None
+
+
+def test_help_does_not_import_torch_and_version_names_the_stack(tmp_path):
+    out = python(
+        "import sys; from click.testing import CliRunner; import pyro_skipvae.cli.main as m; "
+        "r = CliRunner().invoke(m.cli, ['fit', '--help']); "
+        "print(r.exit_code, 'torch' in sys.modules, 'pyro' in sys.modules)",
+        tmp_path,
+    )
+    assert out == "0 False False"
+    from click.testing import CliRunner
+
+    from pyro_skipvae.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    for name in ("pyro-skipvae 0.1.0", "torch ", "pyro ", "CUDA "):
+        assert name in result.output
