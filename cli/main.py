@@ -21,14 +21,14 @@ import click
 
 # Mirrors of pyro_skipvae constants (checked against them by the tests).
 BINARIZATIONS = ("dynamic", "threshold", "none")
-IMAGE_DATASETS = ("mnist", "fashion-mnist")
+IMAGE_DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "omniglot")
 SEMI_AMORTIZED_MODES = ("end-to-end", "stop-gradient", "kl", "svi")
 REFINE_COORDINATES = ("log-variance", "log-scale")
 OPTIMIZERS = ("adam", "sgd")
 LR_DECAYS = ("none", "plateau")
 COMPONENTS = {
-    "decoder": "mlp",
-    "encoder": "mlp",
+    "decoder": "mlp | pixelcnn",
+    "encoder": "mlp | conv",
     "prior": "normal | learned-normal | mixture",
     "likelihood": "bernoulli | continuous-bernoulli | normal | categorical",
     "elbo": "trace | mean-field | renyi | iwae",
@@ -159,7 +159,9 @@ def cli(verbose):
     "--dataset", default="mnist", help=f"{' | '.join(IMAGE_DATASETS)} | PATH.pt | PATH.npy"
 )
 @DATA_DIR_OPTION
-@click.option("--download", is_flag=True, help="Fetch MNIST / Fashion-MNIST if not found.")
+@click.option(
+    "--download", is_flag=True, help="Fetch MNIST / Fashion-MNIST if not found (only those)."
+)
 @click.option("--decoder", default="mlp", help=COMPONENTS["decoder"])
 @component_options("decoder")
 @click.option("--encoder", default="mlp", help=COMPONENTS["encoder"])
@@ -270,7 +272,8 @@ def cli(verbose):
     "--binarize",
     type=click.Choice(BINARIZATIONS),
     default=None,
-    help="[default: dynamic for image data sets, none for files]",
+    help="[default: dynamic for mnist, fashion-mnist and omniglot; none for binarized-mnist "
+    "(binary already) and files]",
 )
 @click.option(
     "--train-size", type=POSITIVE, default=None, help="Use only the first N training examples."
@@ -293,7 +296,7 @@ def cli(verbose):
 def fit(**o):
     """Fit a (skip-)VAE and write config.json, checkpoint.pt, best.pt and metrics.jsonl."""
     from pyro_skipvae import SkipVAE
-    from pyro_skipvae.data import load_dataset
+    from pyro_skipvae.data import default_binarization, load_dataset
     from pyro_skipvae.errors import ConfigError
 
     refinement = {
@@ -317,7 +320,7 @@ def fit(**o):
         val_size=o["val_size"],
         download=o["download"],
     )
-    binarize = o["binarize"] or ("dynamic" if o["dataset"] in IMAGE_DATASETS else "none")
+    binarize = o["binarize"] or default_binarization(o["dataset"])
     run_dir = o["run_dir"]
     if run_dir is None:
         kind = ("skip-" if o["skip"] else "") + (
