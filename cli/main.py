@@ -398,6 +398,12 @@ def fit(**o):
 @click.option(
     "--eval-size", type=POSITIVE, default=None, help="Evaluate the first N examples only."
 )
+@click.option(
+    "--dataset",
+    default=None,
+    help="Evaluate on this data set instead of the run's own (same shape, binarised as that "
+    "data set is by default; e.g. a binarized-mnist model on labelled mnist).",
+)
 @DATA_DIR_OPTION
 @click.option(
     "--num-refine-steps",
@@ -454,7 +460,7 @@ def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
     m = result["metrics"]
     refined = m["num_refine_steps"]
     click.echo(
-        f"{run_dir}: {m['split']} split, N = {m['num_points']}, {m['inference']} q"
+        f"{run_dir}: {m['dataset']} {m['split']} split, N = {m['num_points']}, {m['inference']} q"
         + (f" ({refined} refinement steps)" if refined else "")
         + (f", IW-NLL with K = {options['num_samples']}" if options["num_samples"] else "")
     )

@@ -220,3 +220,26 @@ def test_pixelcnn_run_fits_and_diagnoses(tmp_path, data_dir):
     # the importance-weighted bound is the tighter one (up to Monte-Carlo noise)
     assert metrics["nll"] <= -metrics["elbo"] + 3 * metrics["elbo_se"]
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["accuracy_knn"] <= 1
+
+
+def test_diagnose_scores_a_run_on_another_data_set(tmp_path, data_dir):
+    """A binarized-mnist run (no labels) is scored on labelled MNIST, binarised once with the
+    fixed seed, so the accuracy can be measured."""
+    runner = CliRunner()
+    assert fit(tmp_path, "--dataset", "binarized-mnist", "--data-dir", str(data_dir)).exit_code == 0
+    common = ["--data-dir", str(data_dir), "--eval-size", "60", "--num-samples", "0"]
+    common += ["--classifier-train-size", "100", "--no-plots", "--quiet"]
+    own = runner.invoke(cli_main.cli, ["diagnose", str(tmp_path / "run"), *common])
+    assert own.exit_code == 0, own.output
+    assert "accuracy" not in json.loads((tmp_path / "run" / "diagnostics.json").read_text())
+    out = tmp_path / "on-mnist.json"
+    other = runner.invoke(
+        cli_main.cli,
+        ["diagnose", str(tmp_path / "run"), "--dataset", "mnist", "--out", str(out), *common],
+    )
+    assert other.exit_code == 0, other.output
+    assert "mnist test split" in other.output
+    metrics = json.loads(out.read_text())
+    assert metrics["dataset"] == "mnist" and metrics["trained_on"] == "binarized-mnist"
+    assert metrics["binarize"] == "dynamic" and metrics["binarization_seed"] == 0
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["classifier_num_train"] == 100
