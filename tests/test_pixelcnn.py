@@ -178,15 +178,23 @@ def test_samples_follow_the_teacher_forced_probabilities(float64):
     assert chi2 < stats.chi2.ppf(0.999, df=15), (counts, expected)
 
 
-def test_cropped_rows_give_the_same_parameters(float64):
-    """Sampling evaluates rows 0…r only: those parameters equal the full pass's."""
+@pytest.mark.parametrize("kernel_sizes", [None, [3, 5, 2], [4, 1, 3]])
+def test_a_band_of_rows_gives_the_parameters_of_its_last_row(float64, kernel_sizes):
+    """Sampling evaluates the band of rows r − reach … r only: the parameters of row r
+    equal the full pass's, and a band one row shorter would not do (reach is tight)."""
     torch.manual_seed(0)
-    decoder = PixelCNNDecoder(3, (1, 6, 5), skip=True, num_layers=3, channels=4)
-    x = torch.bernoulli(torch.full((2, 1, 6, 5), 0.5))
+    decoder = PixelCNNDecoder(3, (2, 12, 5), skip=True, num_layers=3, kernel_sizes=kernel_sizes)
+    x = torch.bernoulli(torch.full((2, 2, 12, 5), 0.5))
     z = torch.randn(2, 3)
     full = decoder(z, x)
-    for rows in range(1, 7):
-        torch.testing.assert_close(decoder._network(z, x[:, :, :rows]), full[:, :, :rows])
+    reach = decoder.reach
+    for r in range(12):
+        top = max(0, r - reach)
+        band = decoder._network(z, x[:, :, top : r + 1], first_row=top)
+        torch.testing.assert_close(band[:, :, -1], full[:, :, r])
+        if r - reach - 1 >= 0:  # drop the band's top row: row r changes
+            short = decoder._network(z, x[:, :, top + 1 : r + 1], first_row=top + 1)
+            assert not torch.allclose(short[:, :, -1], full[:, :, r])
 
 
 def test_leading_particle_dimensions_and_chunking(float64):
