@@ -63,7 +63,7 @@ def test_running_statistics_are_saved_and_loaded(tmp_path):
     [
         ((1, 6, 6), {}, "at least 8×8"),
         ((784,), {}, r"\(C, H, W\)"),
-        ((1, 28, 28), {"channels": [8, 8], "num_blocks": 3}, "one value per block"),
+        ((1, 28, 28), {"channels": [8, 8], "num_blocks": 3}, "one value per layer"),
         ((1, 28, 28), {"num_blocks": 0}, "num_blocks"),
     ],
 )

@@ -4,7 +4,7 @@ Dieng et al. 2019)."""
 from torch import nn
 from torch.nn import functional as F
 
-from ..checks import check_widths
+from ..checks import check_count, per_layer
 from ..errors import ConfigError
 from .encoders import ENCODERS, Encoder
 
@@ -60,20 +60,7 @@ class ConvEncoder(Encoder):
             )
         if num_blocks is None:
             num_blocks = len(channels) if isinstance(channels, list | tuple) else 3
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
-            raise ConfigError(
-                f"conv encoder: num_blocks must be a positive integer, found {num_blocks!r}"
-            )
-        widths = check_widths(
-            "channels", channels if isinstance(channels, list | tuple) else [channels]
-        )
-        if len(widths) == 1:
-            widths = widths * num_blocks
-        if len(widths) != num_blocks:
-            raise ConfigError(
-                f"conv encoder: channels must give one value per block ({num_blocks} blocks), "
-                f"found {list(widths)}"
-            )
+        widths = per_layer("channels", channels, check_count("num_blocks", num_blocks))
         c, height, width = self.data_shape
         if min(height, width) < 2**num_blocks:
             raise ConfigError(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...checks import check_widths
+from ...checks import check_count, per_layer
 from ...errors import ConfigError
 from .base import Decoder
 
@@ -91,19 +91,6 @@ class GatedLayer(nn.Module):
         if self.residual is not None:
             h_out = h_out + self.residual(h)
         return _gate(v_pre), h_out
-
-
-def _per_layer(name, value, num_layers):
-    """An int or a list of ints, as a tuple of ``num_layers`` positive ints."""
-    values = check_widths(name, value if isinstance(value, list | tuple) else [value])
-    if len(values) == 1:
-        values = values * num_layers
-    if len(values) != num_layers:
-        raise ConfigError(
-            f"pixelcnn: {name} must give one value per layer ({num_layers} layers), found "
-            f"{len(values)} values {list(values)}"
-        )
-    return values
 
 
 class PixelCNNDecoder(Decoder):
@@ -202,20 +189,15 @@ class PixelCNNDecoder(Decoder):
         if num_layers is None:
             lists = [v for v in (channels, kernel_sizes) if isinstance(v, list | tuple)]
             num_layers = len(lists[0]) if lists else DEFAULT_NUM_LAYERS
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ConfigError(
-                f"pixelcnn: num_layers must be a positive integer, found {num_layers!r}"
-            )
-        self.channels = _per_layer("channels", channels, num_layers)
+        check_count("num_layers", num_layers)
+        self.channels = per_layer("channels", channels, num_layers)
         if kernel_sizes is None:
             kernel_sizes = [DEFAULT_FIRST_KERNEL] + [DEFAULT_KERNEL] * (num_layers - 1)
-        self.kernel_sizes = _per_layer("kernel_sizes", kernel_sizes, num_layers)
+        self.kernel_sizes = per_layer("kernel_sizes", kernel_sizes, num_layers)
         #: rows above a pixel that its parameters depend on: the first layer's shifted
         #: kernel reaches k//2 + 1 rows up, every later one k//2 more
         self.reach = 1 + sum(k // 2 for k in self.kernel_sizes)
-        if isinstance(z_maps, bool) or not isinstance(z_maps, int) or z_maps < 1:
-            raise ConfigError(f"pixelcnn: z_maps must be a positive integer, found {z_maps!r}")
-        self.num_z_maps = z_maps
+        self.num_z_maps = check_count("z_maps", z_maps)
         c, height, width = self.data_shape
         widths = (c, *self.channels)
         self.layers = nn.ModuleList(
