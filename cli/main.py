@@ -21,14 +21,14 @@ import click
 
 # Mirrors of pyro_skipvae constants (checked against them by the tests).
 BINARIZATIONS = ("dynamic", "threshold", "none")
-IMAGE_DATASETS = ("mnist", "fashion-mnist")
+IMAGE_DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "omniglot")
 SEMI_AMORTIZED_MODES = ("end-to-end", "stop-gradient", "kl", "svi")
 REFINE_COORDINATES = ("log-variance", "log-scale")
 OPTIMIZERS = ("adam", "sgd")
 LR_DECAYS = ("none", "plateau")
 COMPONENTS = {
-    "decoder": "mlp",
-    "encoder": "mlp",
+    "decoder": "mlp | pixelcnn",
+    "encoder": "mlp | conv",
     "prior": "normal | learned-normal | mixture",
     "likelihood": "bernoulli | continuous-bernoulli | normal | categorical",
     "elbo": "trace | mean-field | renyi | iwae",
@@ -184,7 +184,9 @@ def cli(verbose):
     "--dataset", default="mnist", help=f"{' | '.join(IMAGE_DATASETS)} | PATH.pt | PATH.npy"
 )
 @DATA_DIR_OPTION
-@click.option("--download", is_flag=True, help="Fetch MNIST / Fashion-MNIST if not found.")
+@click.option(
+    "--download", is_flag=True, help="Fetch MNIST / Fashion-MNIST if not found (only those)."
+)
 @click.option("--decoder", default="mlp", help=COMPONENTS["decoder"])
 @component_options("decoder")
 @click.option("--encoder", default="mlp", help=COMPONENTS["encoder"])
@@ -295,7 +297,8 @@ def cli(verbose):
     "--binarize",
     type=click.Choice(BINARIZATIONS),
     default=None,
-    help="[default: dynamic for image data sets, none for files]",
+    help="[default: dynamic for mnist, fashion-mnist and omniglot; none for binarized-mnist "
+    "(binary already) and files]",
 )
 @click.option(
     "--train-size", type=POSITIVE, default=None, help="Use only the first N training examples."
@@ -318,7 +321,7 @@ def cli(verbose):
 def fit(**o):
     """Fit a (skip-)VAE and write config.json, checkpoint.pt, best.pt and metrics.jsonl."""
     from pyro_skipvae import SkipVAE
-    from pyro_skipvae.data import load_dataset
+    from pyro_skipvae.data import default_binarization, load_dataset
     from pyro_skipvae.errors import ConfigError
 
     refinement = {
@@ -342,7 +345,7 @@ def fit(**o):
         val_size=o["val_size"],
         download=o["download"],
     )
-    binarize = o["binarize"] or ("dynamic" if o["dataset"] in IMAGE_DATASETS else "none")
+    binarize = o["binarize"] or default_binarization(o["dataset"])
     run_dir = o["run_dir"]
     if run_dir is None:
         kind = ("skip-" if o["skip"] else "") + (
@@ -420,6 +423,12 @@ def fit(**o):
 @click.option(
     "--eval-size", type=POSITIVE, default=None, help="Evaluate the first N examples only."
 )
+@click.option(
+    "--dataset",
+    default=None,
+    help="Evaluate on this data set instead of the run's own (same shape, binarised as that "
+    "data set is by default; e.g. a binarized-mnist model on labelled mnist).",
+)
 @DATA_DIR_OPTION
 @click.option(
     "--num-refine-steps",
@@ -476,7 +485,7 @@ def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
     m = result["metrics"]
     refined = m["num_refine_steps"]
     click.echo(
-        f"{run_dir}: {m['split']} split, N = {m['num_points']}, {m['inference']} q"
+        f"{run_dir}: {m['dataset']} {m['split']} split, N = {m['num_points']}, {m['inference']} q"
         + (f" ({refined} refinement steps)" if refined else "")
         + (f", IW-NLL with K = {options['num_samples']}" if options["num_samples"] else "")
     )

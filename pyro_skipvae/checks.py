@@ -32,3 +32,23 @@ def check_widths(name, widths) -> tuple[int, ...]:
     if not widths or min(widths) < 1:
         raise ConfigError(f"{name} must be one or more positive widths, found {widths}")
     return widths
+
+
+def check_count(name, value) -> int:
+    """A positive integer (not a bool), e.g. a number of layers."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, found {value!r}")
+    return value
+
+
+def per_layer(name, value, count) -> tuple[int, ...]:
+    """One positive integer per layer from an int (or a one-element list), repeated, or a
+    list of ``count`` values."""
+    values = check_widths(name, value if isinstance(value, list | tuple) else [value])
+    if len(values) == 1:
+        values = values * count
+    if len(values) != count:
+        raise ConfigError(
+            f"{name} must give one value per layer ({count} layers), found {list(values)}"
+        )
+    return values

@@ -15,7 +15,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from . import checkpoint
-from .data import EVAL_BINARIZATION_SEED, load_dataset, prepare
+from .data import EVAL_BINARIZATION_SEED, default_binarization, load_dataset, prepare
 from .diagnostics.report import (
     compare_table,
     diagnose,
@@ -97,6 +97,7 @@ def diagnose_run(
     split="test",
     num_samples=500,
     eval_size=None,
+    dataset=None,
     data_dir=None,
     num_refine_steps=None,
     out=None,
@@ -120,6 +121,11 @@ def diagnose_run(
     :param str split: ``"test"`` (default) or ``"val"``.
     :param int num_samples: importance samples K of the IW-NLL (default 500; 0 skips it).
     :param int eval_size: evaluate the first ``eval_size`` examples of the split only.
+    :param str dataset: evaluate on this data set (a name or file, same data shape) instead of
+        the run's own, binarised as that data set is by default
+        (:func:`~pyro_skipvae.data.default_binarization`, once, with the fixed seed): e.g. a
+        model fitted on the unlabelled static binarised MNIST scored on labelled MNIST, a
+        Bernoulli draw of the same intensities.
     :param int num_refine_steps: refinement steps of q's local parameters (see
         :func:`run_refinement`): default ``None`` evaluates a semi-amortized run with its own
         refinement and other runs amortized; 0 forces the amortized guide. The classifier's
@@ -149,8 +155,11 @@ def diagnose_run(
         raise CheckpointError(
             f"{run_dir / CONFIG_FILE} does not name the run's data set (run.dataset)"
         )
-    dataset = run["dataset"]
     mode = config.get("train", {}).get("binarize", "none")
+    if dataset is None or dataset == run["dataset"]:
+        dataset = run["dataset"]
+    else:
+        mode = default_binarization(dataset)
     vae = SkipVAE.load(run_dir, device=device)
     likelihood = vae.model.likelihood
 
@@ -188,6 +197,7 @@ def diagnose_run(
         metrics.update(
             run_dir=str(run_dir),
             dataset=dataset,
+            trained_on=run["dataset"],
             split=split,
             binarize=mode,
             binarization_seed=EVAL_BINARIZATION_SEED if mode == "dynamic" else None,

@@ -15,10 +15,36 @@ from ..errors import ConfigError, DataError
 from .files import load_tensor_file
 from .images import download as download_images
 from .images import load_images
+from .matlab import BINARIZED_MNIST_FOLDER, OMNIGLOT_FILE, load_binarized_mnist, load_omniglot
 from .paths import DATA_DIR_ENV, resolve_data_dir
 
-#: named data sets → folder name in the torchvision layout
-IMAGE_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+#: the named image data sets
+IMAGE_DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "omniglot")
+#: named data sets in the torchvision layout → their folder
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+#: the binarisation each named data set gets by default: resampled every epoch for grey-scale
+#: images (as in the papers' code, Omniglot as in Burda et al. 2016), none for data that are
+#: binary already; files: none
+DEFAULT_BINARIZATION = {
+    "mnist": "dynamic",
+    "fashion-mnist": "dynamic",
+    "binarized-mnist": "none",
+    "omniglot": "dynamic",
+}
+#: what a data folder must hold for the data sets read from MATLAB files, and where it comes from
+_MATLAB_FILES = {
+    "binarized-mnist": (
+        f"{BINARIZED_MNIST_FOLDER}/binarized_mnist_*.mat",
+        f"expected {BINARIZED_MNIST_FOLDER}/binarized_mnist_{{train,valid,test}}.mat (static "
+        "binarisation of Larochelle & Murray 2011, MATLAB files holding X of shape N × 784)",
+    ),
+    "omniglot": (
+        OMNIGLOT_FILE,
+        f"expected {OMNIGLOT_FILE}, the 28×28 Omniglot of Burda et al. 2016 (file "
+        "datasets/OMNIGLOT/chardata.mat of github.com/yburda/iwae); it is not downloaded "
+        "automatically",
+    ),
+}
 #: number of training images held out for validation (the last ones), as in the papers' code
 NUM_VALIDATION = 10_000
 BINARIZATIONS = ("dynamic", "threshold", "none")
@@ -54,11 +80,19 @@ class DataSplits:
 def load_dataset(
     dataset: str, *, data_dir=None, train_size=None, val_size=None, download=False
 ) -> DataSplits:
-    """Load a named data set (``"mnist"``, ``"fashion-mnist"``) or a ``.pt``/``.npy`` file.
+    """Load a named data set (:data:`IMAGE_DATASETS`) or a ``.pt``/``.npy`` file.
 
-    Image data sets: the last 10,000 of the 60,000 training images are the validation split
-    (Burda et al. 2016; Kim et al. 2018), the 10,000 test images the test split; intensities
-    are floats in [0, 1] of shape ``(N, 1, 28, 28)``. Files: see
+    Image data sets are floats of shape ``(N, 1, 28, 28)``:
+
+    * ``"mnist"``, ``"fashion-mnist"``: intensities in [0, 1]; the last 10,000 of the 60,000
+      training images are the validation split (Burda et al. 2016; Kim et al. 2018), the
+      10,000 test images the test split; digit / clothing labels;
+    * ``"binarized-mnist"``: static binarisation, values in {0, 1}, 50,000 / 10,000 / 10,000
+      images as published, no labels (:func:`~.matlab.load_binarized_mnist`);
+    * ``"omniglot"``: intensities in [0, 1], 23,000 / 1,345 / 8,070 images, alphabet labels
+      (:func:`~.matlab.load_omniglot`); the file must be supplied by the user.
+
+    :data:`DEFAULT_BINARIZATION` says how each is binarised by default. Files: see
     :func:`~pyro_skipvae.data.files.load_tensor_file`; without a ``"val"`` entry the last
     10% of ``"train"`` is held out.
 
@@ -68,13 +102,16 @@ def load_dataset(
     :param int val_size: keep only the first ``val_size`` validation examples.
     :param bool download: fetch MNIST / Fashion-MNIST with torchvision's downloader (md5
         checked) when no data folder holds them: into ``data_dir`` (or
-        ``$SKIPVAE_DATA_DIR``) if given, else into the user data folder.
+        ``$SKIPVAE_DATA_DIR``) if given, else into the user data folder. The other data sets
+        are never downloaded.
+    :raises DataError: the data set's files are missing (the message says which files, and
+        where they come from) or malformed.
     """
     for option, value in (("train_size", train_size), ("val_size", val_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be a positive integer, found {value}")
-    if dataset in IMAGE_DATASETS:
-        folder = IMAGE_DATASETS[dataset]
+    if dataset in TORCHVISION_FOLDERS:
+        folder = TORCHVISION_FOLDERS[dataset]
         expected = f"{folder}/raw/*-ubyte.gz"
         try:
             root = resolve_data_dir(data_dir, expected=expected)
@@ -89,6 +126,16 @@ def load_dataset(
         splits = DataSplits(
             dataset, images[:cut], images[cut:], test, labels[:cut], labels[cut:], test_labels
         )
+    elif dataset in _MATLAB_FILES:
+        expected, hint = _MATLAB_FILES[dataset]
+        try:
+            root = resolve_data_dir(data_dir, expected=expected)
+        except DataError as e:
+            raise DataError(f"{dataset}: {e}; {hint}") from None
+        if dataset == "binarized-mnist":
+            splits = DataSplits(dataset, *load_binarized_mnist(root))
+        else:
+            splits = DataSplits(dataset, **load_omniglot(root))
     elif Path(dataset).suffix in (".pt", ".npy"):
         content = load_tensor_file(dataset)
         train = content["train"]
@@ -126,6 +173,12 @@ def load_dataset(
         splits.val = splits.val[:val_size]
         splits.val_labels = None if splits.val_labels is None else splits.val_labels[:val_size]
     return splits
+
+
+def default_binarization(dataset: str) -> str:
+    """The binarisation ``dataset`` gets unless one is chosen (:data:`DEFAULT_BINARIZATION`;
+    ``"none"`` for files)."""
+    return DEFAULT_BINARIZATION.get(dataset, "none")
 
 
 def binarize(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -195,11 +248,13 @@ def binarize_for_evaluation(x: torch.Tensor, mode: str) -> torch.Tensor:
 
 __all__ = [
     "BINARIZATIONS",
+    "DEFAULT_BINARIZATION",
     "EVAL_BINARIZATION_SEED",
     "DataSplits",
     "IMAGE_DATASETS",
     "binarize",
     "binarize_for_evaluation",
+    "default_binarization",
     "load_dataset",
     "prepare",
     "resolve_data_dir",

@@ -344,11 +344,27 @@ def plot_diagnostics(
         )
     data_shape = tuple(data.shape[1:])
     if plots.is_image_shape(data_shape):
+        # Autoregressive decoders' pictures are draws, not means (see decode): say so.
+        drawn = getattr(getattr(model, "decoder", None), "autoregressive", False)
         x = data[:20]
-        save(plots.plot_reconstructions(x, decode(model, codes[:20], x)), "reconstructions.png")
+        save(
+            plots.plot_reconstructions(
+                x,
+                decode(model, codes[:20], x),
+                title="Data and reconstructions (x ~ p(x|E[z|x]), drawn pixel by pixel)"
+                if drawn
+                else None,
+            ),
+            "reconstructions.png",
+        )
         x_like = data[:30]
         save(
-            plots.plot_samples(decode(model, prior_sample(model, x_like), x_like)),
+            plots.plot_samples(
+                decode(model, prior_sample(model, x_like), x_like),
+                title="Samples from the prior (x ~ p(x|z), z ~ p(z), drawn pixel by pixel)"
+                if drawn
+                else None,
+            ),
             "samples.png",
         )
         kl = result["kl_per_dim"]

@@ -1,6 +1,6 @@
 """The generative side: priors, decoders, likelihoods and the Pyro model."""
 
-from .decoders import DECODERS, Decoder, MLPDecoder
+from .decoders import DECODERS, Decoder, MLPDecoder, PixelCNNDecoder
 from .likelihoods import LIKELIHOODS, Likelihood
 from .model import Model
 from .priors import PRIORS, Prior
@@ -12,6 +12,7 @@ __all__ = [
     "Likelihood",
     "MLPDecoder",
     "Model",
+    "PixelCNNDecoder",
     "PRIORS",
     "Prior",
 ]

@@ -7,8 +7,10 @@ makes it available to :class:`~pyro_skipvae.SkipVAE`, the CLI and the registry-d
 from ...registry import Registry
 from .base import Decoder
 from .mlp import MLPDecoder
+from .pixelcnn import PixelCNNDecoder
 
 DECODERS = Registry("decoder")
 DECODERS.register("mlp", MLPDecoder)
+DECODERS.register("pixelcnn", PixelCNNDecoder)
 
-__all__ = ["DECODERS", "Decoder", "MLPDecoder"]
+__all__ = ["DECODERS", "Decoder", "MLPDecoder", "PixelCNNDecoder"]
