@@ -2,5 +2,6 @@
 
 from .encoders import ENCODERS, Encoder, MLPEncoder
 from .guide import Guide
+from .lstm import LSTMEncoder
 
-__all__ = ["ENCODERS", "Encoder", "Guide", "MLPEncoder"]
+__all__ = ["ENCODERS", "Encoder", "Guide", "LSTMEncoder", "MLPEncoder"]

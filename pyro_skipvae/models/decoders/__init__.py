@@ -6,9 +6,11 @@ makes it available to :class:`~pyro_skipvae.SkipVAE`, the CLI and the registry-d
 
 from ...registry import Registry
 from .base import Decoder
+from .lstm import LSTMDecoder
 from .mlp import MLPDecoder
 
 DECODERS = Registry("decoder")
 DECODERS.register("mlp", MLPDecoder)
+DECODERS.register("lstm", LSTMDecoder)
 
-__all__ = ["DECODERS", "Decoder", "MLPDecoder"]
+__all__ = ["DECODERS", "Decoder", "LSTMDecoder", "MLPDecoder"]
