@@ -462,7 +462,8 @@ def fit(**o):
 @handle_errors
 def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
     """Measure posterior collapse of a fitted run: ELBO, KL, MI, aggregate KL, active units,
-    IW-NLL (with Pareto k̂) and posterior-mean accuracy; writes JSON, netCDF and PNGs."""
+    IW-NLL (with Pareto k̂), posterior-mean accuracy (labelled data) and perplexities (text);
+    writes JSON, netCDF, PNGs and, for text, decoded sentences."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -490,6 +491,7 @@ def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
     click.echo(
         f"results in {result['paths']['json']}, {result['paths']['netcdf']}"
         + (f", {result['paths']['plots']}/" if not no_plots else "")
+        + (f", {m['text']}" if "text" in m else "")
     )
 
 

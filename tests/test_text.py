@@ -25,7 +25,7 @@ from pyro_skipvae.data.text import (
     sequence_lengths,
     trim_collate,
 )
-from pyro_skipvae.infer import SemiAmortizedSVI
+from pyro_skipvae.infer import SEMI_AMORTIZED_MODES, SemiAmortizedSVI
 from pyro_skipvae.infer.optim import Optimizer
 from pyro_skipvae.models.likelihoods import CategoricalLikelihood, PaddedSequence
 from pyro_skipvae.sites import LATENT_SITE, OBSERVED_SITE
@@ -291,14 +291,22 @@ def test_text_options_are_checked(ptb):
 
 
 # ---------------------------------------------------------------------------- training
-def test_semi_amortized_end_to_end_trains_the_encoder_through_the_lstm(ptb):
+@pytest.mark.parametrize("mode", SEMI_AMORTIZED_MODES)
+def test_every_semi_amortized_mode_steps_on_text(ptb, mode):
+    """Each mode takes a finite step; the encoder learns in every mode but svi (end-to-end:
+    through the refinement's double backward across the LSTM), the decoder in all."""
     vae = text_vae(ptb)
     x = trim_collate(sequence_lengths(ptb.train))(ptb.train, torch.arange(16))
     optimizer = Optimizer(vae.parameters(), name="sgd", learning_rate=1.0, clip_norm=5.0)
-    inference = SemiAmortizedSVI(vae.model, vae.guide, optimizer, Trace_ELBO(), num_refine_steps=2)
-    before = [p.detach().clone() for p in vae.guide.parameters()]
+    inference = SemiAmortizedSVI(
+        vae.model, vae.guide, optimizer, Trace_ELBO(), mode=mode, num_refine_steps=2
+    )
+    encoder = [p.detach().clone() for p in vae.guide.parameters()]
+    decoder = [p.detach().clone() for p in vae.model.parameters()]
     assert math.isfinite(inference.step(x, size=1000))
-    assert all(not torch.equal(a, p) for a, p in zip(before, vae.guide.parameters()))
+    moved = [not torch.equal(a, p) for a, p in zip(encoder, vae.guide.parameters())]
+    assert all(moved) if mode != "svi" else not any(moved)
+    assert all(not torch.equal(a, p) for a, p in zip(decoder, vae.model.parameters()))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -336,3 +344,127 @@ def test_fit_on_ptb_writes_val_ppl_and_resumes_exactly(ptb, tmp_path, optimizer)
     for r in records:
         assert r["val_ppl"] == pytest.approx(math.exp(-r["val_elbo"] * 40 / tokens), rel=1e-12)
     assert records[-1]["val_ppl"] < 10002  # better than uniform over the vocabulary
+
+
+# ---------------------------------------------------------------------------- CLI, diagnose
+TINY = [
+    "--decoder-option",
+    "embedding_dim=8",
+    "--decoder-option",
+    "hidden_dim=8",
+    "--encoder-option",
+    "embedding_dim=8",
+    "--encoder-option",
+    "hidden_dim=8",
+    "--latent-dim",
+    "3",
+]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, data_dir):
+    """A tiny PTB run through the CLI (made once per module)."""
+    out = tmp_path_factory.mktemp("runs") / "ptb"
+    result = run_cli(
+        "fit", "--dataset", "ptb", "--data-dir", str(data_dir), "--train-size", "64",
+        "--val-size", "32", "--num-epochs", "1", "--batch-size", "16", "--optimizer", "sgd",
+        "--learning-rate", "1", "--clip-norm", "5", *TINY, "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "perplexity bound" in result.output
+    return out
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+    from pyro_skipvae.cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_fit_infers_the_text_model(text_run):
+    config = json.loads((text_run / "config.json").read_text())
+    model = config["model"]
+    assert (model["decoder"], model["encoder"], model["likelihood"]) == (
+        "lstm",
+        "lstm",
+        "categorical",
+    )
+    assert model["likelihood_options"] == {"num_categories": 10002, "pad_index": 0}
+    assert model["encoder_options"]["num_categories"] == 10002
+    assert model["data_shape"] == [83] and config["train"]["binarize"] == "none"
+    record = json.loads((text_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"val_elbo", "val_kl", "val_ppl"} <= set(record)
+
+
+def test_cli_diagnose_on_text(text_run, ptb, data_dir):
+    import xarray as xr
+
+    out = text_run / "diag.json"
+    result = run_cli(
+        "diagnose", text_run, "--data-dir", data_dir, "--eval-size", "40", "--num-samples", "20",
+        "--embedding", "pca", "--out", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    m = json.loads(out.read_text())
+    test = ptb.test[:40]
+    tokens = int(sequence_lengths(test).sum())
+    assert m["num_tokens"] == tokens and m["num_points"] == 40
+    assert m["ppl_bound"] == pytest.approx(math.exp(-m["elbo"] * 40 / tokens), rel=1e-9)
+    assert m["iw_ppl"] == pytest.approx(math.exp(m["nll"] * 40 / tokens), rel=1e-9)
+    assert m["log_n"] == pytest.approx(math.log(40))
+    for key in ("kl", "mi", "agg_kl", "au", "elbo_per_token", "nll_per_token"):
+        assert key in m
+    assert "IW perplexity" in result.output and "perplexity bound" in result.output
+    # per-datapoint results are in the split's order although evaluated sorted by length
+    per = xr.open_dataset(text_run / "diag.nc", engine="h5netcdf")
+    assert per["num_tokens"].values.tolist() == sequence_lengths(test).tolist()
+    vae = SkipVAE.load(text_run)
+    with torch.no_grad():
+        vae.guide.eval()
+        loc, log_var = vae.guide.local_params(test)
+    kl = 0.5 * (loc.pow(2) + log_var.exp() - 1 - log_var).sum(-1)
+    assert torch.allclose(torch.as_tensor(per["kl"].values).float(), kl, atol=1e-5)
+    text = (text_run / "diag_text.md").read_text()
+    assert "## Reconstructions" in text and "## Samples from the prior" in text
+    assert "## Homotopies" in text
+    assert ptb.vocabulary.decode(test[0]) in text
+
+
+def test_perplexity_of_a_uniform_decoder_is_the_vocabulary_size(text_run, ptb, data_dir):
+    """Hand-computed case: logits equal for every real token (padding excluded) whatever z,
+    and q(z|x) = p(z), so ELBO = log p(x) = −ℓ(x) log(V − 1) with no Monte-Carlo error and
+    both perplexities are exactly V − 1 = 10001."""
+    from pyro_skipvae.evaluation import diagnose_run
+
+    vae = SkipVAE.load(text_run)
+    with torch.no_grad():
+        vae.model.decoder.output.weight.zero_()
+        vae.model.decoder.output.bias.zero_()
+        vae.guide.encoder.head.weight.zero_()
+        vae.guide.encoder.head.bias.zero_()
+    rigged = text_run.parent / "uniform"
+    rigged.mkdir()
+    (rigged / "config.json").write_text((text_run / "config.json").read_text())
+    vae.save(rigged / "best.pt")
+    m = diagnose_run(rigged, data_dir=data_dir, eval_size=40, num_samples=20, plots=False)[
+        "metrics"
+    ]
+    assert m["kl"] == 0 and abs(m["mi"]) < 1e-5  # float32 round-off
+    assert m["ppl_bound"] == pytest.approx(10001, rel=1e-5)
+    assert m["iw_ppl"] == pytest.approx(10001, rel=1e-5)
+
+
+def test_yahoo_without_its_training_file_exits_1_naming_it(data_dir):
+    result = run_cli("fit", "--dataset", "yahoo", "--data-dir", data_dir, "--quiet")
+    assert result.exit_code == 1
+    assert "yahoo.train.txt" in result.output and "missing" in result.output
+
+
+def test_cli_mirrors_the_library():
+    from pyro_skipvae.cli import main
+
+    from pyro_skipvae.data import IMAGE_DATASETS, TEXT_DATASETS
+
+    assert set(main.IMAGE_DATASETS) == set(IMAGE_DATASETS)
+    assert set(main.TEXT_DATASETS) == set(TEXT_DATASETS)

@@ -151,12 +151,12 @@ def encode_sentences(
 
     :raises DataError: a sentence of more than ``width − 1`` words.
     """
-    out = torch.full((len(sentences), width), PAD_INDEX, dtype=torch.long)
+    rows = []
     for n, words in enumerate(sentences):
         if len(words) + 1 > width:
             raise DataError(f"sentence {n} has {len(words)} words; at most {width - 1} fit")
-        out[n, : len(words) + 1] = torch.tensor(vocabulary.encode(words) + [EOS_INDEX])
-    return out
+        rows.append(vocabulary.encode(words) + [EOS_INDEX] + [PAD_INDEX] * (width - len(words) - 1))
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), width)
 
 
 def sequence_lengths(x: torch.Tensor, pad_index: int = PAD_INDEX) -> torch.Tensor:
