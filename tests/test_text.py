@@ -468,3 +468,19 @@ def test_cli_mirrors_the_library():
 
     assert set(main.IMAGE_DATASETS) == set(IMAGE_DATASETS)
     assert set(main.TEXT_DATASETS) == set(TEXT_DATASETS)
+
+
+def test_per_token_standard_error_matches_the_spread_of_redrawn_sets():
+    """ratio_and_se: exact ratio with zero error when nats are proportional to tokens, and a
+    standard error equal to the spread of R over redrawn evaluation sets (synthetic sets,
+    2,000 draws of N = 200: the spread is known to ±3%, so 10% is a loose bound)."""
+    from pyro_skipvae.diagnostics.report import ratio_and_se
+
+    counts = torch.tensor([3.0, 10.0, 25.0])
+    assert ratio_and_se(-2.5 * counts, counts) == (-2.5, 0.0)
+    g = torch.Generator().manual_seed(0)
+    counts = 1 + torch.poisson(torch.full((2000, 200), 20.0), generator=g)
+    values = -4.0 * counts + 3.0 * counts.sqrt() * torch.randn(counts.shape, generator=g)
+    results = torch.tensor([ratio_and_se(v, c) for v, c in zip(values, counts)])
+    assert results[:, 0].mean() == pytest.approx(-4.0, abs=0.01)
+    assert results[:, 1].mean() == pytest.approx(results[:, 0].std().item(), rel=0.1)

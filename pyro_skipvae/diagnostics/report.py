@@ -102,7 +102,7 @@ def diagnose(
       :meth:`~pyro_skipvae.models.Likelihood.num_tokens`), per-token values: ``elbo_per_token``
       = Σ ELBO / Σ tokens, the perplexity bound ``ppl_bound`` = exp(−Σ ELBO / Σ tokens),
       ``nll_per_token`` and the importance-weighted perplexity ``iw_ppl`` = exp(Σ NLL / Σ
-      tokens); standard errors by the delta method with the token count held fixed.
+      tokens); standard errors of these ratios by the delta method (:func:`ratio_and_se`).
 
     Standard errors are under ``<key>_se``; estimator names and settings under ``estimators``.
 
@@ -241,12 +241,11 @@ def diagnose(
         tokens = torch.as_tensor(num_tokens).double()
         per["num_tokens"] = tokens
         metrics["num_tokens"] = int(tokens.sum())
-        per_token = n / tokens.sum().item()  # mean per datapoint → per token
         rates = [("elbo", "ppl_bound", -1.0)]
         if "nll" in metrics:
             rates.append(("nll", "iw_ppl", 1.0))
         for key, ppl, sign in rates:
-            value, se = metrics[key] * per_token, metrics[f"{key}_se"] * per_token
+            value, se = ratio_and_se(per[key], tokens)
             metrics.update({f"{key}_per_token": value, f"{key}_per_token_se": se})
             metrics[ppl] = math.exp(sign * value)
             metrics[f"{ppl}_se"] = metrics[ppl] * se
@@ -291,6 +290,27 @@ def diagnose(
         "kl_per_dim": kl_dims_mean,
         "posterior_mean_variance": variances,
     }
+
+
+def ratio_and_se(values, counts) -> tuple[float, float]:
+    r"""R = Σ_n v_n / Σ_n c_n (e.g. nats per token) and its standard error over datapoints,
+    by the delta method for a ratio of means (Cochran 1977, §6.4): with residuals
+    r_n = v_n − R c_n,
+
+    .. math::
+
+        \mathrm{se}(R) = \frac{\sqrt{N/(N-1)\,\sum_n r_n^2}}{\sum_n c_n}.
+
+    Long sentences have both more nats and more tokens; the residuals remove that shared
+    part, which a standard error of Σ v_n alone would count as noise.
+    """
+    values, counts = values.double(), torch.as_tensor(counts).double()
+    ratio = (values.sum() / counts.sum()).item()
+    n = values.shape[0]
+    if n < 2:
+        return ratio, math.nan
+    residuals = values - ratio * counts
+    return ratio, math.sqrt(n / (n - 1) * residuals.pow(2).sum().item()) / counts.sum().item()
 
 
 def consistency_checks(metrics, num_se=3.0) -> dict:

@@ -104,9 +104,12 @@ class LSTMDecoder(Decoder):
             if not 0 <= value < 1:
                 raise ConfigError(f"lstm decoder: {name} must lie in [0, 1), found {value!r}")
         self.max_length, vocab_size = self.output_shape
-        special = {"bos_index": bos_index, "eos_index": eos_index, "pad_index": pad_index}
-        special["unk_index"] = unk_index
-        for name, value in special.items():
+        for name, value in (
+            ("bos_index", bos_index),
+            ("eos_index", eos_index),
+            ("pad_index", pad_index),
+            ("unk_index", unk_index),
+        ):
             if not 0 <= value < vocab_size:
                 raise ConfigError(
                     f"lstm decoder: {name} must lie in [0, {vocab_size}), found {value}"
