@@ -22,17 +22,26 @@ import click
 # Mirrors of pyro_skipvae constants (checked against them by the tests).
 BINARIZATIONS = ("dynamic", "threshold", "none")
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "omniglot")
+TEXT_DATASETS = ("ptb", "yahoo")
 SEMI_AMORTIZED_MODES = ("end-to-end", "stop-gradient", "kl", "svi")
 REFINE_COORDINATES = ("log-variance", "log-scale")
 OPTIMIZERS = ("adam", "sgd")
 LR_DECAYS = ("none", "plateau")
 COMPONENTS = {
-    "decoder": "mlp | pixelcnn",
-    "encoder": "mlp | conv",
+    "decoder": "mlp | pixelcnn | lstm  [default: lstm for text data sets, else mlp]",
+    "encoder": "mlp | conv | lstm  [default: lstm for text data sets, else mlp]",
     "prior": "normal | learned-normal | mixture",
-    "likelihood": "bernoulli | continuous-bernoulli | normal | categorical",
+    "likelihood": "bernoulli | continuous-bernoulli | normal | categorical  "
+    "[default: categorical over the vocabulary for text data sets, else bernoulli]",
     "elbo": "trace | mean-field | renyi | iwae",
     "inference": "svi | semi-amortized",
+}
+#: components of image data and files; text data sets imply their own (Vocabulary.model_options)
+DEFAULT_COMPONENTS = {
+    "decoder": "mlp",
+    "encoder": "mlp",
+    "prior": "normal",
+    "likelihood": "bernoulli",
 }
 
 
@@ -181,15 +190,23 @@ def cli(verbose):
 
 @cli.command()
 @click.option(
-    "--dataset", default="mnist", help=f"{' | '.join(IMAGE_DATASETS)} | PATH.pt | PATH.npy"
+    "--dataset",
+    default="mnist",
+    help=f"{' | '.join(IMAGE_DATASETS + TEXT_DATASETS)} | PATH.pt | PATH.npy",
 )
 @DATA_DIR_OPTION
 @click.option(
     "--download", is_flag=True, help="Fetch MNIST / Fashion-MNIST if not found (only those)."
 )
-@click.option("--decoder", default="mlp", help=COMPONENTS["decoder"])
+@click.option(
+    "--max-length",
+    type=POSITIVE,
+    default=None,
+    help="Text: drop sentences of more than this many words from every split  [default: keep all]",
+)
+@click.option("--decoder", default=None, help=COMPONENTS["decoder"])
 @component_options("decoder")
-@click.option("--encoder", default="mlp", help=COMPONENTS["encoder"])
+@click.option("--encoder", default=None, help=COMPONENTS["encoder"])
 @component_options("encoder")
 @click.option(
     "--skip/--no-skip",
@@ -203,9 +220,9 @@ def cli(verbose):
     default=None,
     help="Hidden widths of the MLP encoder and decoder  [default: 1024,1024]",
 )
-@click.option("--prior", default="normal", help=COMPONENTS["prior"])
+@click.option("--prior", default=None, help=COMPONENTS["prior"] + "  [default: normal]")
 @component_options("prior")
-@click.option("--likelihood", default="bernoulli", help=COMPONENTS["likelihood"])
+@click.option("--likelihood", default=None, help=COMPONENTS["likelihood"])
 @component_options("likelihood")
 @click.option(
     "--elbo",
@@ -344,8 +361,17 @@ def fit(**o):
         train_size=o["train_size"],
         val_size=o["val_size"],
         download=o["download"],
+        max_length=o["max_length"],
     )
     binarize = o["binarize"] or default_binarization(o["dataset"])
+    # A text data set implies its components and their vocabulary options; given options win.
+    implied = splits.vocabulary.model_options() if splits.vocabulary is not None else {}
+    components = {}
+    for kind in DEFAULT_COMPONENTS:
+        name = o[kind] or implied.get(kind, DEFAULT_COMPONENTS[kind])
+        own = implied.get(f"{kind}_options", {}) if name == implied.get(kind) else {}
+        components[kind] = name
+        components[f"{kind}_options"] = {**own, **_options(o[f"{kind}_options"])}
     run_dir = o["run_dir"]
     if run_dir is None:
         kind = ("skip-" if o["skip"] else "") + (
@@ -357,11 +383,7 @@ def fit(**o):
         latent_dim=o["latent_dim"],
         hidden_dims=o["hidden_dims"],
         skip=o["skip"],
-        **{kind: o[kind] for kind in ("decoder", "encoder", "prior", "likelihood")},
-        **{
-            f"{k}_options": _options(o[f"{k}_options"])
-            for k in ("decoder", "encoder", "prior", "likelihood")
-        },
+        **components,
         device=o["device"],
         seed=o["seed"],
     )
@@ -371,7 +393,12 @@ def fit(**o):
         run_dir=run_dir,
         resume=o["resume"],
         progress=not o["quiet"],
-        run_info={"dataset": splits.name, "train_size": o["train_size"], "val_size": o["val_size"]},
+        run_info={
+            "dataset": splits.name,
+            "train_size": o["train_size"],
+            "val_size": o["val_size"],
+            "max_length": o["max_length"],
+        },
         num_epochs=o["num_epochs"],
         batch_size=o["batch_size"],
         optimizer=o["optimizer"],
@@ -397,8 +424,9 @@ def fit(**o):
     bound = "refined validation ELBO" if o["inference"] == "semi-amortized" else "validation ELBO"
     click.echo(
         f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, {bound} "
-        f"{last['val_elbo']:.2f} nats, KL {last['val_kl']:.2f} nats "
-        f"(selected: epoch {best['epoch']}, {best['val_elbo']:.2f}; "
+        f"{last['val_elbo']:.2f} nats, KL {last['val_kl']:.2f} nats"
+        + (f", perplexity bound {last['val_ppl']:.2f}" if "val_ppl" in last else "")
+        + f" (selected: epoch {best['epoch']}, {best['val_elbo']:.2f}; "
         f"{sum(r['seconds'] for r in history):.0f} s)"
     )
     if "val_elbo_amortized" in last:
@@ -468,7 +496,8 @@ def fit(**o):
 @handle_errors
 def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
     """Measure posterior collapse of a fitted run: ELBO, KL, MI, aggregate KL, active units,
-    IW-NLL (with Pareto k̂) and posterior-mean accuracy; writes JSON, netCDF and PNGs."""
+    IW-NLL (with Pareto k̂), posterior-mean accuracy (labelled data) and perplexities (text);
+    writes JSON, netCDF, PNGs and, for text, decoded sentences."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -496,6 +525,7 @@ def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
     click.echo(
         f"results in {result['paths']['json']}, {result['paths']['netcdf']}"
         + (f", {result['paths']['plots']}/" if not no_plots else "")
+        + (f", {m['text']}" if "text" in m else "")
     )
 
 

@@ -9,6 +9,7 @@ data) on top of the pure estimators of :mod:`pyro_skipvae.diagnostics`:
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -16,13 +17,17 @@ from pyro.infer import Trace_ELBO
 
 from . import checkpoint
 from .data import EVAL_BINARIZATION_SEED, default_binarization, load_dataset, prepare
+from .data.text import length_order
+from .diagnostics.elbo import OUTPUT_BUDGET, evaluation_batch_size
 from .diagnostics.report import (
     compare_table,
     diagnose,
     per_datapoint_dataset,
     plot_diagnostics,
+    prior_sample,
     write_netcdf,
 )
+from .diagnostics.text import text_report
 from .errors import CheckpointError, ConfigError, DataError
 from .infer import ELBOS, Refinement, refined_guide
 from .modes import evaluating
@@ -85,10 +90,16 @@ def run_refinement(vae, config, num_refine_steps=None):
 
 
 def output_paths(run_dir, out=None) -> dict:
-    """Where :func:`diagnose_run` writes: ``json``, ``netcdf`` and the ``plots`` folder."""
+    """Where :func:`diagnose_run` writes: ``json``, ``netcdf``, the ``plots`` folder and, for
+    text, the decoded sentences (``text``)."""
     json_path = Path(out) if out is not None else Path(run_dir) / DIAGNOSTICS_FILE
     stem = json_path.with_suffix("")
-    return {"json": json_path, "netcdf": stem.with_suffix(".nc"), "plots": Path(f"{stem}_plots")}
+    return {
+        "json": json_path,
+        "netcdf": stem.with_suffix(".nc"),
+        "plots": Path(f"{stem}_plots"),
+        "text": Path(f"{stem}_text.md"),
+    }
 
 
 def diagnose_run(
@@ -117,6 +128,16 @@ def diagnose_run(
     (binarised once with a fixed seed), and writes ``diagnostics.json`` (or ``out``), the
     per-datapoint results as netCDF (``<stem>.nc``, an xarray Dataset) and PNGs in
     ``<stem>_plots/``, all atomically. The networks are in ``eval()`` mode throughout.
+
+    **Sequences** (a likelihood that counts tokens): the per-token metrics of
+    :func:`~pyro_skipvae.diagnostics.diagnose` (perplexity bound, IW perplexity); the data
+    are evaluated in order of length (similar lengths share a chunk, so the decoder runs
+    over little padding; per-datapoint results are returned in the split's own order, but
+    the minibatch MI estimator and the refinement minibatches see length-sorted neighbours,
+    as in the authors' length-bucketed evaluation), in chunks whose decoder output stays
+    within :data:`~pyro_skipvae.diagnostics.elbo.OUTPUT_BUDGET`. For a text data set,
+    ``<stem>_text.md`` holds reconstructions, samples from the prior and homotopies
+    (:func:`~pyro_skipvae.diagnostics.text.text_report`).
 
     :param str split: ``"test"`` (default) or ``"val"``.
     :param int num_samples: importance samples K of the IW-NLL (default 500; 0 skips it).
@@ -163,7 +184,7 @@ def diagnose_run(
     vae = SkipVAE.load(run_dir, device=device)
     likelihood = vae.model.likelihood
 
-    splits = load_dataset(dataset, data_dir=data_dir)
+    splits = load_dataset(dataset, data_dir=data_dir, max_length=run.get("max_length"))
     data, labels = splits.split(split)
     if eval_size is not None:
         data, labels = data[:eval_size], None if labels is None else labels[:eval_size]
@@ -179,20 +200,34 @@ def diagnose_run(
 
     guide, refinement = run_refinement(vae, config, num_refine_steps)
     dev = vae.device
+    tokens = likelihood.num_tokens(data)
+    order = None if tokens is None else length_order(tokens)
+    # Chunks of whole refinement minibatches, their decoder output within the budget.
+    chunk_size = evaluation_batch_size(
+        likelihood, 100, multiple_of=1 if refinement is None else refinement["refine_batch_size"]
+    )
+    per_call = max(1, OUTPUT_BUDGET // (chunk_size * math.prod(likelihood.param_shape)))
     with evaluating(vae.model, vae.guide):
         result = diagnose(
             vae.model,
             guide,
-            data.to(dev),
-            labels=labels,
+            (data if order is None else data[order]).to(dev),
+            labels=labels if order is None or labels is None else labels[order],
             train_data=None if train_data is None else train_data.to(dev),
             train_labels=train_labels,
             num_samples=num_samples,
             au_threshold=au_threshold,
+            chunk_size=chunk_size,
+            particle_chunk=min(max(1, 10_000 // chunk_size), per_call),
+            num_tokens=None if order is None else tokens[order],
             keep_log_weights=keep_log_weights,
             seed=seed,
             progress=progress,
         )
+        if order is not None:  # back to the split's order
+            inverse = torch.argsort(order)
+            result["per_datapoint"] = {k: v[inverse] for k, v in result["per_datapoint"].items()}
+            result["codes"] = result["codes"][inverse]
         metrics = result["metrics"]
         metrics.update(
             run_dir=str(run_dir),
@@ -206,8 +241,21 @@ def diagnose_run(
             refinement=refinement,
             skip=vae.config.skip,
             decoder=vae.config.decoder,
+            max_length=run.get("max_length"),
         )
         paths = output_paths(run_dir, out)
+        decoder = vae.model.decoder
+        if splits.vocabulary is not None and hasattr(decoder, "generate"):
+            text = text_report(
+                decoder,
+                data,
+                result["codes"],
+                prior_sample(vae.model, data[:10].to(dev)),
+                splits.vocabulary,
+                seed=seed,
+            )
+            checkpoint.atomic_write_text(paths["text"], text)
+            metrics["text"] = str(paths["text"])
         if plots:
             metrics["plots"] = plot_diagnostics(
                 vae.model,

@@ -11,6 +11,7 @@
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import torch
 from . import checkpoint
 from .checks import check_positive
 from .data import BINARIZATIONS, binarize, prepare
+from .data.text import bucket_batches, length_order, trim_collate
 from .diagnostics import diagnose, evaluate_elbo
+from .diagnostics.elbo import evaluation_batch_size
 from .errors import CheckpointError, ConfigError
 from .guides import ENCODERS, Guide
 from .infer import ELBOS, INFERENCES, LinearWarmup, Optimizer, train
@@ -298,8 +301,9 @@ class SkipVAE:
         :param torch.Tensor train_data: training data, shape ``(N, *data_shape)``; with
             ``binarize`` set, intensities in [0, 1].
         :param torch.Tensor val: validation data scored after every epoch (``val_elbo``,
-            ``val_kl``, the refined bound for semi-amortized runs); the best-scoring epoch
-            is kept as ``best.pt`` (see :mod:`pyro_skipvae.run`).
+            ``val_kl``, the refined bound for semi-amortized runs, and ``val_ppl`` for
+            sequences); the best-scoring epoch is kept as ``best.pt`` (see
+            :mod:`pyro_skipvae.run`).
         :param run_dir: if given, writes ``config.json``, ``checkpoint.pt`` (every epoch),
             ``best.pt`` and ``metrics.jsonl`` there, all atomically.
         :param bool resume: continue the run in ``run_dir`` from its last checkpoint; the
@@ -312,15 +316,32 @@ class SkipVAE:
         :raises ConfigError: bad options, or ``resume`` against a different configuration.
         :raises DataError: data of the wrong shape, non-finite, or outside the likelihood's support.
         :raises NonFiniteLossError: a NaN/inf loss; the last checkpoint stays intact.
+
+        **Sequences** (a likelihood that counts tokens, :meth:`~pyro_skipvae.models.Likelihood.num_tokens`,
+        e.g. padded text): minibatches are drawn by length and trimmed to their longest
+        sequence (:func:`~pyro_skipvae.data.text.bucket_batches`); the validation set is
+        scored in order of length (its means do not depend on the order; a semi-amortized
+        run's refinement minibatches then hold sentences of similar length, as the authors'
+        do) and ``val_ppl`` = exp(−Σ ELBO / Σ tokens) is recorded beside ``val_elbo``.
         """
         cfg = TrainConfig.from_options(options)
         likelihood = self.model.likelihood
         train_data = prepare(
             train_data, likelihood, binarization=cfg.binarize, name="training data", training=True
         )
+        lengths = likelihood.num_tokens(train_data)
+        val_tokens = None
         if val is not None:
             val = prepare(val, likelihood, binarization=cfg.binarize, name="validation data")
+            val_tokens = likelihood.num_tokens(val)
+            if val_tokens is not None:
+                val = val[length_order(val_tokens)]
             val = val.to(self.device)
+        # Batches of the training batch size's multiples: a semi-amortized evaluation refines
+        # in minibatches of that size, and a smaller remainder would take larger steps.
+        eval_batch_size = evaluation_batch_size(
+            likelihood, cfg.eval_batch_size, multiple_of=cfg.batch_size
+        )
         config = {
             "format": CHECKPOINT_FORMAT,
             "model": _plain(asdict(self.config)),
@@ -345,10 +366,17 @@ class SkipVAE:
             if val is None:
                 return {}
             if hasattr(inference, "evaluate_metrics"):
-                return inference.evaluate_metrics(val, batch_size=cfg.eval_batch_size)
-            with evaluating(self.model, self.guide):
-                result = evaluate_elbo(self.model, self.guide, val, batch_size=cfg.eval_batch_size)
-            return {"elbo": result["elbo"], "kl": result["kl"]}
+                result = inference.evaluate_metrics(val, batch_size=eval_batch_size)
+            else:
+                with evaluating(self.model, self.guide):
+                    result = evaluate_elbo(self.model, self.guide, val, batch_size=eval_batch_size)
+                result = {"elbo": result["elbo"], "kl": result["kl"]}
+            if val_tokens is not None:
+                tokens_per_point = val_tokens.sum().item() / val.shape[0]
+                for key in ("", "_amortized"):
+                    if f"elbo{key}" in result:
+                        result[f"ppl{key}"] = math.exp(-result[f"elbo{key}"] / tokens_per_point)
+            return result
 
         def on_epoch_end(record):
             improved = run.select(record)
@@ -373,6 +401,8 @@ class SkipVAE:
                 transform=None
                 if cfg.binarize != "dynamic"
                 else (lambda x, g: binarize(x, "dynamic", g)),
+                batches=None if lengths is None else bucket_batches(lengths, cfg.batch_size),
+                collate=None if lengths is None else trim_collate(lengths),
                 evaluate=evaluate,
                 on_epoch_end=on_epoch_end,
                 device=self.device,

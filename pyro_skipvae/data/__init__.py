@@ -1,8 +1,11 @@
-"""Data sets as tensors: named image data sets, users' files, and binarisation.
+"""Data sets as tensors: named image and text data sets, users' files, and binarisation.
 
 >>> splits = load_dataset("mnist", train_size=1000)      # doctest: +SKIP
 >>> splits.train.shape, splits.val.shape, splits.test.shape
 (torch.Size([1000, 1, 28, 28]), torch.Size([10000, 1, 28, 28]), torch.Size([10000, 1, 28, 28]))
+>>> ptb = load_dataset("ptb")                            # doctest: +SKIP
+>>> ptb.train.shape, len(ptb.vocabulary)                 # padded token ids, see data.text
+(torch.Size([42068, 83]), 10003)
 """
 
 import os
@@ -17,6 +20,7 @@ from .images import download as download_images
 from .images import load_images
 from .matlab import BINARIZED_MNIST_FOLDER, OMNIGLOT_FILE, load_binarized_mnist, load_omniglot
 from .paths import DATA_DIR_ENV, resolve_data_dir
+from .text import TEXT_DATASETS, Vocabulary, check_max_length, load_text_splits
 
 #: the named image data sets
 IMAGE_DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "omniglot")
@@ -55,7 +59,8 @@ EVAL_BINARIZATION_SEED = 0
 
 @dataclass
 class DataSplits:
-    """Train/validation/test tensors of one data set (labels where it has them)."""
+    """Train/validation/test tensors of one data set (labels where it has them; the
+    vocabulary of a text data set, whose tensors hold padded token ids)."""
 
     name: str
     train: torch.Tensor
@@ -64,6 +69,7 @@ class DataSplits:
     train_labels: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
+    vocabulary: Vocabulary | None = None
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -78,9 +84,16 @@ class DataSplits:
 
 
 def load_dataset(
-    dataset: str, *, data_dir=None, train_size=None, val_size=None, download=False
+    dataset: str,
+    *,
+    data_dir=None,
+    train_size=None,
+    val_size=None,
+    download=False,
+    max_length=None,
 ) -> DataSplits:
-    """Load a named data set (:data:`IMAGE_DATASETS`) or a ``.pt``/``.npy`` file.
+    """Load a named data set (:data:`IMAGE_DATASETS`, ``"ptb"``, ``"yahoo"``) or a
+    ``.pt``/``.npy`` file.
 
     Image data sets are floats of shape ``(N, 1, 28, 28)``:
 
@@ -94,7 +107,10 @@ def load_dataset(
 
     :data:`DEFAULT_BINARIZATION` says how each is binarised by default. Files: see
     :func:`~pyro_skipvae.data.files.load_tensor_file`; without a ``"val"`` entry the last
-    10% of ``"train"`` is held out.
+    10% of ``"train"`` is held out. Text data sets (Penn Treebank, Yahoo Answers): the
+    corpus's own splits as padded token ids with a :class:`~.text.Vocabulary` (see
+    :mod:`pyro_skipvae.data.text`; Yahoo's 100,000-document training split must be supplied
+    by the user, and a missing file is a :class:`DataError` naming it).
 
     Data folders: see :mod:`pyro_skipvae.data.paths`.
 
@@ -104,13 +120,28 @@ def load_dataset(
         checked) when no data folder holds them: into ``data_dir`` (or
         ``$SKIPVAE_DATA_DIR``) if given, else into the user data folder. The other data sets
         are never downloaded.
+    :param int max_length: text only: drop sentences of more than this many words from every
+        split (default None: keep all); see :mod:`pyro_skipvae.data.text`.
     :raises DataError: the data set's files are missing (the message says which files, and
         where they come from) or malformed.
     """
     for option, value in (("train_size", train_size), ("val_size", val_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be a positive integer, found {value}")
-    if dataset in TORCHVISION_FOLDERS:
+    check_max_length(max_length)
+    if max_length is not None and dataset not in TEXT_DATASETS:
+        raise ConfigError(
+            f"max_length applies to the text data sets ({', '.join(TEXT_DATASETS)}), "
+            f"not to {dataset!r}"
+        )
+    if dataset in TEXT_DATASETS:
+        folder, stem = TEXT_DATASETS[dataset]
+        # The dictionary or validation file locates the folder, so that a missing training
+        # file is reported by name rather than as a missing folder.
+        root = resolve_data_dir(data_dir, expected=f"{folder}/{stem}.valid.txt*")
+        train, val, test, vocabulary = load_text_splits(dataset, root, max_length=max_length)
+        splits = DataSplits(dataset, train, val, test, vocabulary=vocabulary)
+    elif dataset in TORCHVISION_FOLDERS:
         folder = TORCHVISION_FOLDERS[dataset]
         expected = f"{folder}/raw/*-ubyte.gz"
         try:
@@ -161,8 +192,8 @@ def load_dataset(
         )
     else:
         raise ConfigError(
-            f"unknown dataset {dataset!r}; expected one of {', '.join(IMAGE_DATASETS)} "
-            "or a path to a .pt/.npy file"
+            f"unknown dataset {dataset!r}; expected one of "
+            f"{', '.join([*IMAGE_DATASETS, *TEXT_DATASETS])} or a path to a .pt/.npy file"
         )
     if train_size is not None:
         splits.train = splits.train[:train_size]
@@ -252,6 +283,8 @@ __all__ = [
     "EVAL_BINARIZATION_SEED",
     "DataSplits",
     "IMAGE_DATASETS",
+    "TEXT_DATASETS",
+    "Vocabulary",
     "binarize",
     "binarize_for_evaluation",
     "default_binarization",

@@ -1,5 +1,7 @@
 """Per-datapoint ELBO and KL for any model/guide pair that follows the site contract."""
 
+import math
+
 import torch
 from pyro import poutine
 from pyro.distributions.kl import kl_divergence
@@ -67,3 +69,20 @@ def evaluate_elbo(model, guide, data, *, batch_size=500, num_particles=1):
         "elbo_per_datapoint": elbo,
         "kl_per_datapoint": kl,
     }
+
+
+#: decoder outputs (tensor elements) one evaluation call may produce: 2**25 ≈ 34 million,
+#: 128 MB in float32 (text: ~40 PTB sentences of the full width 83 × 10,002 tokens)
+OUTPUT_BUDGET = 2**25
+
+
+def evaluation_batch_size(likelihood, batch_size, *, multiple_of=1, budget=OUTPUT_BUDGET) -> int:
+    """``batch_size``, lowered so one batch's decoder output (``likelihood.param_shape`` per
+    datapoint) stays within ``budget`` elements, then rounded down to a multiple of
+    ``multiple_of`` (never below it: a refinement in minibatches of that size must see whole
+    minibatches). Image models keep their batch size (MNIST: 784 outputs per image); a
+    text model's output is T × V per sentence, so its evaluation batches are small.
+    """
+    per_point = math.prod(likelihood.param_shape)
+    size = min(batch_size, max(1, budget // per_point))
+    return max(multiple_of, size - size % multiple_of)

@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 TABLE_ROWS = [
     ("nll", "IW-NLL", "nats"),
     ("elbo", "ELBO", "nats"),
+    ("iw_ppl", "IW perplexity exp(Σ NLL / Σ tokens)", "per token"),
+    ("ppl_bound", "perplexity bound exp(−Σ ELBO / Σ tokens)", "per token"),
+    ("nll_per_token", "IW-NLL per token", "nats"),
+    ("elbo_per_token", "ELBO per token", "nats"),
     ("kl", "KL = E_x KL(q(z|x)||p(z))", "nats"),
     ("mi", "MI I_q(x;z), full set", "nats"),
     ("log_n", "  ceiling log N", "nats"),
@@ -69,6 +73,8 @@ def diagnose(
     mi_batch_size=50,
     chunk_size=None,
     iw_batch_size=None,
+    particle_chunk=None,
+    num_tokens=None,
     classifiers=None,
     keep_log_weights=False,
     seed=0,
@@ -91,7 +97,12 @@ def diagnose(
     * ``au``: active units at δ = ``au_threshold``;
     * ``nll``: importance-weighted NLL with K = ``num_samples`` (0 skips it), with Pareto k̂;
     * ``accuracy`` (logistic regression) and ``accuracy_knn`` (5-NN), fractions in [0, 1],
-      when ``labels``, ``train_data`` and ``train_labels`` are given.
+      when ``labels``, ``train_data`` and ``train_labels`` are given;
+    * given ``num_tokens`` (tokens per datapoint, e.g. from
+      :meth:`~pyro_skipvae.models.Likelihood.num_tokens`), per-token values: ``elbo_per_token``
+      = Σ ELBO / Σ tokens, the perplexity bound ``ppl_bound`` = exp(−Σ ELBO / Σ tokens),
+      ``nll_per_token`` and the importance-weighted perplexity ``iw_ppl`` = exp(Σ NLL / Σ
+      tokens); standard errors of these ratios by the delta method (:func:`ratio_and_se`).
 
     Standard errors are under ``<key>_se``; estimator names and settings under ``estimators``.
 
@@ -103,6 +114,9 @@ def diagnose(
     :param int chunk_size: datapoints per guide call and per IW batch (default 100); the
         minibatch MI needs ``mi_batch_size`` rows at a time, which any diagonal-Gaussian guide
         allows (other guides: make the two equal).
+    :param int particle_chunk: importance samples per model call (default: see
+        :func:`~.nll.importance_sample`); lower it when the decoder's output is large.
+    :param torch.Tensor num_tokens: ``(N,)`` tokens of each datapoint, for per-token metrics.
     :returns: dict with ``metrics`` (JSON-able flat dict), ``per_datapoint`` (dict of
         tensors with leading dimension N), ``codes`` (posterior means ``(N, D)``) and
         ``kl_per_dim`` (``(D,)`` or ``None``).
@@ -197,6 +211,7 @@ def diagnose(
             post,
             num_samples=num_samples,
             batch_size=iw_batch_size or post.chunk_size,
+            particle_chunk=particle_chunk,
             keep_log_weights=keep_log_weights,
             progress=progress,
         )
@@ -221,6 +236,25 @@ def diagnose(
             "(delta method); Pareto k-hat by arviz.psislw per datapoint"
         )
         timings["nll"] = time.perf_counter() - tic
+
+    if num_tokens is not None:
+        tokens = torch.as_tensor(num_tokens).double()
+        per["num_tokens"] = tokens
+        metrics["num_tokens"] = int(tokens.sum())
+        rates = [("elbo", "ppl_bound", -1.0)]
+        if "nll" in metrics:
+            rates.append(("nll", "iw_ppl", 1.0))
+        for key, ppl, sign in rates:
+            value, se = ratio_and_se(per[key], tokens)
+            metrics.update({f"{key}_per_token": value, f"{key}_per_token_se": se})
+            metrics[ppl] = math.exp(sign * value)
+            metrics[f"{ppl}_se"] = metrics[ppl] * se
+        estimators["ppl_bound"] = (
+            "exp(−Σ ELBO / Σ tokens) with the ELBO above; tokens: the real tokens of each "
+            "datapoint (text: the words and the end-of-sentence token, not BOS)"
+        )
+        if "iw_ppl" in metrics:
+            estimators["iw_ppl"] = "exp(Σ IW-NLL / Σ tokens) with the IW-NLL above"
 
     if labels is not None:
         per["label"] = labels
@@ -256,6 +290,27 @@ def diagnose(
         "kl_per_dim": kl_dims_mean,
         "posterior_mean_variance": variances,
     }
+
+
+def ratio_and_se(values, counts) -> tuple[float, float]:
+    r"""R = Σ_n v_n / Σ_n c_n (e.g. nats per token) and its standard error over datapoints,
+    by the delta method for a ratio of means (Cochran 1977, §6.4): with residuals
+    r_n = v_n − R c_n,
+
+    .. math::
+
+        \mathrm{se}(R) = \frac{\sqrt{N/(N-1)\,\sum_n r_n^2}}{\sum_n c_n}.
+
+    Long sentences have both more nats and more tokens; the residuals remove that shared
+    part, which a standard error of Σ v_n alone would count as noise.
+    """
+    values, counts = values.double(), torch.as_tensor(counts).double()
+    ratio = (values.sum() / counts.sum()).item()
+    n = values.shape[0]
+    if n < 2:
+        return ratio, math.nan
+    residuals = values - ratio * counts
+    return ratio, math.sqrt(n / (n - 1) * residuals.pow(2).sum().item()) / counts.sum().item()
 
 
 def consistency_checks(metrics, num_se=3.0) -> dict:

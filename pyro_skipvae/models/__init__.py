@@ -1,6 +1,6 @@
 """The generative side: priors, decoders, likelihoods and the Pyro model."""
 
-from .decoders import DECODERS, Decoder, MLPDecoder, PixelCNNDecoder
+from .decoders import DECODERS, Decoder, LSTMDecoder, MLPDecoder, PixelCNNDecoder
 from .likelihoods import LIKELIHOODS, Likelihood
 from .model import Model
 from .priors import PRIORS, Prior
@@ -9,6 +9,7 @@ __all__ = [
     "DECODERS",
     "Decoder",
     "LIKELIHOODS",
+    "LSTMDecoder",
     "Likelihood",
     "MLPDecoder",
     "Model",

@@ -6,11 +6,13 @@ makes it available to :class:`~pyro_skipvae.SkipVAE`, the CLI and the registry-d
 
 from ...registry import Registry
 from .base import Decoder
+from .lstm import LSTMDecoder
 from .mlp import MLPDecoder
 from .pixelcnn import PixelCNNDecoder
 
 DECODERS = Registry("decoder")
 DECODERS.register("mlp", MLPDecoder)
 DECODERS.register("pixelcnn", PixelCNNDecoder)
+DECODERS.register("lstm", LSTMDecoder)
 
-__all__ = ["DECODERS", "Decoder", "MLPDecoder", "PixelCNNDecoder"]
+__all__ = ["DECODERS", "Decoder", "LSTMDecoder", "MLPDecoder", "PixelCNNDecoder"]
