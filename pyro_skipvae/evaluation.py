@@ -199,6 +199,7 @@ def diagnose_run(
         )
         paths = output_paths(run_dir, out)
         if plots:
+            metrics["embedding"] = embedding
             metrics["plots"] = plot_diagnostics(
                 vae.model,
                 data.to(dev),
