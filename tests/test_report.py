@@ -153,6 +153,27 @@ def test_diagnose_report_writes_the_page_beside_the_json(runs):
 
 
 @needs_mnist
+def test_sentences_of_text_models_get_their_own_section(runs, tmp_path):
+    # A text model's diagnose lists .txt files of sentences beside its plots. Here the real
+    # run's image figures are swapped for such a file (its sentences are made up), so the
+    # page must show the sentences, escaped, and no image section.
+    run = tmp_path / "text-run"
+    shutil.copytree(runs["skip"], run)
+    sentences = "the <unk> rose 5 % in N trading & closed higher\n\nshares fell"
+    (run / "diagnostics_plots" / "homotopies.txt").write_text(sentences, encoding="utf-8")
+    metrics = json.loads((run / "diagnostics.json").read_text())
+    metrics["plots"] = ["diagnostics_plots/kl_per_dim.png", "diagnostics_plots/homotopies.txt"]
+    (run / "diagnostics.json").write_text(json.dumps(metrics))
+
+    html = build_report([run])
+    assert 'id="text"' in html and 'id="images"' not in html
+    assert "Homotopies" in html
+    assert "the &lt;unk&gt; rose 5 % in N trading &amp; closed higher" in html
+    assert html.count("<img ") == 2  # training curves and KL per dimension
+    assert "has not been diagnosed yet" not in html
+
+
+@needs_mnist
 def test_report_command_errors(runs, tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "nothing"), "--out", "x.html"])
     assert result.exit_code == 1 and "expected a run directory" in result.output
