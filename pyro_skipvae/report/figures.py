@@ -156,6 +156,11 @@ FIGURE_TITLES = {
 }
 
 
+def figure_title(stem: str) -> str:
+    """``"kl_per_dim" → "KL per latent dimension"``; unknown stems in words."""
+    return FIGURE_TITLES.get(stem, stem.replace("_", " ").capitalize())
+
+
 def figure_alt(stem: str, name: str, metrics: dict, config: dict) -> str:
     """Alt text of a diagnostics figure of run ``name``: what it shows, with the numbers the
     metrics give (so a reader who cannot see it loses little)."""

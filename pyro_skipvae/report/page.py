@@ -38,20 +38,22 @@ TEXT_TITLES = {
 }
 
 
-def describe(config: dict) -> str:
-    """A run's kind in a few words, e.g. ``"Skip-VAE, mlp decoder, 32-dim latent, amortized
-    SVI, 10 epochs on mnist"``."""
+def describe(config: dict, epochs_done: int) -> str:
+    """A run's kind in a few words, e.g. ``"Skip-VAE, mlp decoder, 32-dim latent, 10 epochs
+    on mnist"`` (``"3 of 10 epochs"`` for a run still training)."""
     model, train, run = config.get("model", {}), config.get("train", {}), config.get("run", {})
-    inference = train.get("inference", "svi")
-    parts = [
-        ("Skip-VAE" if model.get("skip") else "VAE")
-        + (" with semi-amortized inference" if inference == "semi-amortized" else ""),
-        f"{model.get('decoder', '?')} decoder",
-        f"{model.get('latent_dim', '?')}-dim latent",
-    ]
-    if "num_epochs" in train:
-        parts.append(f"{train['num_epochs']} epochs on {run.get('dataset', 'unknown data')}")
-    return ", ".join(parts)
+    semi_amortized = train.get("inference") == "semi-amortized"
+    planned = train.get("num_epochs", epochs_done)
+    epochs = f"{epochs_done} of {planned}" if epochs_done < planned else str(epochs_done)
+    return ", ".join(
+        [
+            ("Skip-VAE" if model.get("skip") else "VAE")
+            + (" with semi-amortized inference" if semi_amortized else ""),
+            f"{model.get('decoder', '?')} decoder",
+            f"{model.get('latent_dim', '?')}-dim latent",
+            f"{epochs} epochs on {run.get('dataset', 'unknown data')}",
+        ]
+    )
 
 
 def evaluation_text(metrics: dict) -> str:
@@ -78,7 +80,7 @@ def _run_context(run: RunFiles, index: int) -> dict:
         "name": run.name,
         "path": str(run.path),
         "colour": figures.RUN_COLOURS[index % len(figures.RUN_COLOURS)],
-        "description": describe(run.config),
+        "description": describe(run.config, len(run.history)),
         "diagnosed": metrics is not None,
         "diagnose_command": diagnose_command(run.path),
         "history_headers": headers,
@@ -104,10 +106,10 @@ def _run_context(run: RunFiles, index: int) -> dict:
         context["figures"][stem] = {
             "uri": figures.data_uri(path),
             "alt": figures.figure_alt(stem, run.name, metrics, run.config),
-            "title": figures.FIGURE_TITLES.get(stem, stem.replace("_", " ").capitalize()),
+            "title": figures.figure_title(stem),
         }
     context["texts"] = [
-        {"title": TEXT_TITLES.get(stem, stem.replace("_", " ")), "text": text}
+        {"title": TEXT_TITLES.get(stem, stem.replace("_", " ").capitalize()), "text": text}
         for stem, text in run.texts.items()
     ]
     return context
@@ -129,7 +131,7 @@ def report_context(runs: list[RunFiles], *, title=None) -> dict:
     # images in a fixed order, then any other figure diagnose wrote
     image_keys = [*IMAGE_FIGURES, *sorted({k for c in contexts for k in c["figures"]})]
     image_sections = [
-        (key, figures.FIGURE_TITLES.get(key, key.replace("_", " ")))
+        (key, figures.figure_title(key))
         for key in dict.fromkeys(image_keys)
         if key not in ("kl_per_dim", "embedding") and any(key in c["figures"] for c in contexts)
     ]
