@@ -77,6 +77,8 @@ def training_curves(named_histories, *, dpi=100) -> bytes | None:
         "gap": "Amortization gap: refined − amortized ELBO (nats)",
     }
     for key, ax in axes.items():
+        if key == "gap" and not semi_amortized:
+            continue  # this slot holds the legend
         ax.set_title(titles[key], fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -104,12 +106,12 @@ def training_curves(named_histories, *, dpi=100) -> bytes | None:
 
 
 def _set_elbo_limits(ax, named_histories):
-    # The first epochs' bounds are far below the rest; clip the axis to what follows them so
-    # the differences between runs at the end stay visible (the table below has every number).
+    # The first epoch's bounds are far below the rest; clip the axis to what follows so the
+    # differences between runs at the end stay visible (the table below has every number).
     values = [
         r[key]
         for _, h in named_histories
-        for r in h[len(h) // 5 :]
+        for r in h[1 if len(h) > 2 else 0 :]
         for key in ("val_elbo", "train_elbo", "val_elbo_amortized")
         if _finite(r.get(key))
     ]

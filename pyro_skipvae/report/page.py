@@ -146,7 +146,6 @@ def report_context(runs: list[RunFiles], *, title=None) -> dict:
         "runs": contexts,
         "sections": [(key, heading) for key, heading in SECTIONS if key in present],
         "config_rows": rows,
-        "config_differences": [row["key"] for row in rows if row["differs"]],
         "training": None
         if curves is None
         else {"uri": figures.data_uri(curves), "alt": figures.training_alt_text(named_histories)},
