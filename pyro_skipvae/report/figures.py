@@ -10,8 +10,8 @@ import io
 import math
 from pathlib import Path
 
-#: one colour per run, in order (matplotlib's tab10, distinguishable in greyscale by line style
-#: and marker too)
+#: one colour per run, in order (matplotlib's tab10); the page underlines each run's name in
+#: its colour, so the figures' legends and the tables agree
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 
 
