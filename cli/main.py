@@ -488,16 +488,22 @@ def fit(**o):
 @click.option("--embedding", type=click.Choice(["tsne", "pca"]), default="tsne")
 @click.option("--no-plots", is_flag=True, help="Skip the PNGs.")
 @click.option(
+    "--report",
+    is_flag=True,
+    help="Also write the run's HTML report beside the JSON (<stem>.html; see `skipvae report`).",
+)
+@click.option(
     "--keep-log-weights", is_flag=True, help="Store the N × K log-weights in the netCDF file."
 )
 @click.option("--seed", type=int, default=0)
 @DEVICE_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
-def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
+def diagnose(run_dir, num_refine_steps, no_plots, report, quiet, **options):
     """Measure posterior collapse of a fitted run: ELBO, KL, MI, aggregate KL, active units,
     IW-NLL (with Pareto k̂), posterior-mean accuracy (labelled data) and perplexities (text);
-    writes JSON, netCDF, PNGs and, for text, decoded sentences."""
+    writes JSON, netCDF, PNGs, for text the decoded sentences, and with --report the run's
+    HTML page."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -527,6 +533,15 @@ def diagnose(run_dir, num_refine_steps, no_plots, quiet, **options):
         + (f", {result['paths']['plots']}/" if not no_plots else "")
         + (f", {m['text']}" if "text" in m else "")
     )
+    if report:
+        from pyro_skipvae.report import write_report
+
+        path = write_report(
+            [run_dir],
+            os.path.splitext(result["paths"]["json"])[0] + ".html",
+            diagnostics=[result["paths"]["json"]],
+        )
+        click.echo(f"report in {path}")
 
 
 @cli.command()
@@ -576,6 +591,27 @@ def sweep(grid_file, out, jobs, quiet):
         f"{summary['cells']} cells: {summary['ok']} run, {summary['skipped']} already done, "
         f"{summary['failed']} failed; results in {summary['results']}"
     )
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="report.html",
+    help="HTML file to write.",
+)
+@click.option("--names", default=None, help="Comma-separated run names [default: folder names].")
+@click.option("--title", default=None, help="Page title [default: the names joined by 'vs'].")
+@handle_errors
+def report(runs, out, names, title):
+    """One self-contained HTML page on one run or a comparison of RUNS (run directories):
+    configurations, training curves, collapse verdicts, diagnostics and pictures. Runs
+    not yet diagnosed get their training section and the command that diagnoses them."""
+    from pyro_skipvae.report import write_report
+
+    path = write_report(runs, out, names=None if names is None else names.split(","), title=title)
+    click.echo(f"report in {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
 
 
 def main():

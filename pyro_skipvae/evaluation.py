@@ -257,6 +257,7 @@ def diagnose_run(
             checkpoint.atomic_write_text(paths["text"], text)
             metrics["text"] = str(paths["text"])
         if plots:
+            metrics["embedding"] = embedding
             metrics["plots"] = plot_diagnostics(
                 vae.model,
                 data.to(dev),

@@ -3,6 +3,7 @@ slices of the Penn Treebank (synthetic sequences only where a hand-computed answ
 and labelled so)."""
 
 import gzip
+import html
 import json
 import math
 
@@ -403,7 +404,7 @@ def test_cli_diagnose_on_text(text_run, ptb, data_dir):
     out = text_run / "diag.json"
     result = run_cli(
         "diagnose", text_run, "--data-dir", data_dir, "--eval-size", "40", "--num-samples", "20",
-        "--embedding", "pca", "--out", out, "--quiet",
+        "--embedding", "pca", "--out", out, "--quiet", "--report",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     m = json.loads(out.read_text())
@@ -429,6 +430,10 @@ def test_cli_diagnose_on_text(text_run, ptb, data_dir):
     assert "## Reconstructions" in text and "## Samples from the prior" in text
     assert "## Homotopies" in text
     assert ptb.vocabulary.decode(test[0]) in text
+    # the run's page shows the sentences (escaped), not an image section
+    page = (text_run / "diag.html").read_text()
+    assert 'id="text"' in page and 'id="images"' not in page
+    assert html.escape(ptb.vocabulary.decode(test[0]), quote=False) in page
 
 
 def test_perplexity_of_a_uniform_decoder_is_the_vocabulary_size(text_run, ptb, data_dir):
