@@ -6,8 +6,13 @@ Errors print one line, ``error: …``; set ``SKIPVAE_DEBUG=1`` to see the traceb
 
 The library (and with it torch and Pyro) is imported inside the commands, so ``--help`` and
 usage errors answer at once. The few fixed choices below mirror the library's constants
-(``tests/test_cli.py`` checks that they agree); component names are free strings checked by
-the library's registries, whose errors list the valid names.
+(``tests/test_packaging.py`` checks that they agree); component names are free strings
+checked by the library's registries, whose errors list the valid names; a name with a colon is
+an import path, ``module:attribute``, importable from ``PYTHONPATH`` or the current directory.
+
+``skipvae fit --config run.yaml`` (or ``.json``) sets any of ``fit``'s options from a file,
+keys spelled as the flags (``latent_dim`` or ``latent-dim``; ``decoder_options`` as a mapping);
+flags given on the command line override the file (``--*-option`` pairs key by key).
 """
 
 import functools
@@ -28,12 +33,12 @@ REFINE_COORDINATES = ("log-variance", "log-scale")
 OPTIMIZERS = ("adam", "sgd")
 LR_DECAYS = ("none", "plateau")
 COMPONENTS = {
-    "decoder": "mlp | pixelcnn | lstm  [default: lstm for text data sets, else mlp]",
-    "encoder": "mlp | conv | lstm  [default: lstm for text data sets, else mlp]",
-    "prior": "normal | learned-normal | mixture",
-    "likelihood": "bernoulli | continuous-bernoulli | normal | categorical  "
-    "[default: categorical over the vocabulary for text data sets, else bernoulli]",
-    "elbo": "trace | mean-field | renyi | iwae",
+    "decoder": "mlp | pixelcnn | lstm",
+    "encoder": "mlp | conv | lstm",
+    "guide": "normal | flow",
+    "prior": "normal | learned-normal | mixture | vamp | flow",
+    "likelihood": "bernoulli | continuous-bernoulli | normal | categorical | discretized-logistic",
+    "elbo": "trace | mean-field | tracegraph | renyi | iwae | jit | free-bits",
     "inference": "svi | semi-amortized",
 }
 #: components of image data and files; text data sets imply their own (Vocabulary.model_options)
@@ -43,6 +48,10 @@ DEFAULT_COMPONENTS = {
     "prior": "normal",
     "likelihood": "bernoulli",
 }
+#: how the defaults of the components text data sets imply read in --help
+TEXT_DEFAULT = "  [default: {} for text data sets, else {}]"
+PLUGIN = " | module:attribute"
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _fail(message: str, status: int):
@@ -87,7 +96,8 @@ class IntList(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            widths = tuple(int(v) for v in str(value).split(","))
+            parts = value if isinstance(value, list) else str(value).split(",")
+            widths = tuple(int(v) for v in parts)
         except ValueError:
             self.fail(
                 f"expected comma-separated integers such as 1024,1024, found {value!r}", param, ctx
@@ -145,6 +155,88 @@ DATA_DIR_OPTION = click.option(
 DEVICE_OPTION = click.option("--device", type=Device(), default="cpu", help="cpu, cuda or cuda:N")
 
 
+def read_config_file(path) -> dict:
+    """The mapping in a YAML or JSON file (by suffix); a usage error if it is not one."""
+    import pathlib
+
+    path = pathlib.Path(path)
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        raise click.BadParameter(
+            f"expected a {', '.join(CONFIG_SUFFIXES)} file, found {path.name!r}",
+            param_hint="--config",
+        )
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except Exception as e:  # unreadable or malformed: one line, exit 2
+        raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--config") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise click.BadParameter(
+            f"{path}: expected a mapping of option names to values, found {type(values).__name__}",
+            param_hint="--config",
+        )
+    return values
+
+
+def _config_keys(command) -> dict:
+    """File key → parameter name: the parameter's own name and its long flags in snake case."""
+    keys = {}
+    for param in command.params:
+        if param.name == "config" or not isinstance(param, click.Option):
+            continue
+        keys[param.name] = param.name
+        for opt in param.opts:
+            if opt.startswith("--"):
+                keys[opt[2:].replace("-", "_")] = param.name
+    return keys
+
+
+def load_config(ctx, param, value):
+    """Eager callback of ``--config``: the file's values become the command's defaults
+    (``ctx.default_map``), so flags on the command line override them."""
+    if value is None:
+        return
+    keys = _config_keys(ctx.command)
+    defaults = {}
+    for key, item in read_config_file(value).items():
+        name = keys.get(str(key).replace("-", "_"))
+        if name is None:
+            valid = sorted({k for k, v in keys.items() if k == v or not k.endswith("_option")})
+            raise click.BadParameter(
+                f"unknown key {key!r} in {value}; valid keys: {', '.join(valid)}",
+                param_hint="--config",
+            )
+        if name.endswith("_options"):
+            if not isinstance(item, dict):
+                raise click.BadParameter(
+                    f"{key} in {value}: expected a mapping such as {{hidden_dims: [512, 512]}}, "
+                    f"found {item!r}",
+                    param_hint="--config",
+                )
+            item = [(str(k).replace("-", "_"), v) for k, v in item.items()]
+        defaults[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["skipvae.config"] = defaults
+
+
+def _merged_options(ctx, o, kind) -> dict:
+    """A component's options: the file's, then the command line's pairs key by key."""
+    from click.core import ParameterSource
+
+    name = f"{kind}_options"
+    options = _options(o[name])
+    if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+        options = {**_options(ctx.meta.get("skipvae.config", {}).get(name)), **options}
+    return options
+
+
 def component_options(kind):
     return click.option(
         f"--{kind}-option",
@@ -186,9 +278,22 @@ def print_version(ctx, param, value):
 def cli(verbose):
     """Collapse-resistant VAEs on Pyro: fit and measure generative skip models."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    # Plug-ins named module:attribute may live in the current directory, as for `python -m`;
+    # appended, so they never shadow an installed module.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
 
 
 @cli.command()
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=load_config,
+    help="YAML or JSON file setting any of these options (keys as the flags); "
+    "flags given here override it.",
+)
 @click.option(
     "--dataset",
     default="mnist",
@@ -204,10 +309,21 @@ def cli(verbose):
     default=None,
     help="Text: drop sentences of more than this many words from every split  [default: keep all]",
 )
-@click.option("--decoder", default=None, help=COMPONENTS["decoder"])
+@click.option(
+    "--decoder", default=None, help=COMPONENTS["decoder"] + PLUGIN + TEXT_DEFAULT.format("lstm", "mlp")
+)
 @component_options("decoder")
-@click.option("--encoder", default=None, help=COMPONENTS["encoder"])
+@click.option(
+    "--encoder", default=None, help=COMPONENTS["encoder"] + PLUGIN + TEXT_DEFAULT.format("lstm", "mlp")
+)
 @component_options("encoder")
+@click.option(
+    "--guide",
+    default="normal",
+    help=COMPONENTS["guide"] + PLUGIN + " (normal: diagonal Gaussian q; flow: q through an "
+    "autoregressive flow)",
+)
+@component_options("guide")
 @click.option(
     "--skip/--no-skip",
     default=True,
@@ -220,18 +336,31 @@ def cli(verbose):
     default=None,
     help="Hidden widths of the MLP encoder and decoder  [default: 1024,1024]",
 )
-@click.option("--prior", default=None, help=COMPONENTS["prior"] + "  [default: normal]")
+@click.option("--prior", default=None, help=COMPONENTS["prior"] + PLUGIN + "  [default: normal]")
 @component_options("prior")
-@click.option("--likelihood", default=None, help=COMPONENTS["likelihood"])
+@click.option(
+    "--likelihood",
+    default=None,
+    help=COMPONENTS["likelihood"]
+    + PLUGIN
+    + TEXT_DEFAULT.format("categorical over the vocabulary", "bernoulli"),
+)
 @component_options("likelihood")
 @click.option(
     "--elbo",
     default="trace",
-    help=COMPONENTS["elbo"] + " (trace: Monte-Carlo KL; mean-field: analytic KL; renyi and "
-    "iwae: per-datapoint bounds with --num-particles)",
+    help=COMPONENTS["elbo"] + PLUGIN + " (trace: Monte-Carlo KL; mean-field: analytic KL; "
+    "renyi and iwae: per-datapoint bounds with --num-particles; free-bits: "
+    "--elbo-option free_bits=λ nats per dimension)",
 )
 @click.option(
     "--num-particles", type=POSITIVE, default=1, help="Samples per datapoint of the ELBO."
+)
+@click.option(
+    "--renyi-alpha",
+    type=float,
+    default=None,
+    help="With --elbo renyi: the order α of the bound (α = 0: IWAE)  [default: 0.5]",
 )
 @component_options("elbo")
 @click.option(
@@ -311,6 +440,13 @@ def cli(verbose):
 )
 @click.option("--kl-start", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1)
 @click.option(
+    "--kl-cycle-epochs",
+    type=POSITIVE_FLOAT,
+    default=None,
+    help="Cyclical annealing: repeat the warm-up every this many epochs (Fu et al. 2019)  "
+    "[default: warm up once]",
+)
+@click.option(
     "--binarize",
     type=click.Choice(BINARIZATIONS),
     default=None,
@@ -334,12 +470,20 @@ def cli(verbose):
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
 @handle_errors
-def fit(**o):
+def fit(ctx, **o):
     """Fit a (skip-)VAE and write config.json, checkpoint.pt, best.pt and metrics.jsonl."""
     from pyro_skipvae import SkipVAE
     from pyro_skipvae.data import default_binarization, load_dataset
     from pyro_skipvae.errors import ConfigError
+
+    options = {k: _merged_options(ctx, o, k) for k in ("decoder", "encoder", "guide", "prior")}
+    options.update({k: _merged_options(ctx, o, k) for k in ("likelihood", "elbo")})
+    if o["renyi_alpha"] is not None:
+        if o["elbo"] != "renyi":
+            raise ConfigError(f"--renyi-alpha applies to --elbo renyi, found --elbo {o['elbo']}")
+        options["elbo"]["alpha"] = o["renyi_alpha"]
 
     refinement = {
         "mode": o["sa_mode"],
@@ -371,7 +515,7 @@ def fit(**o):
         name = o[kind] or implied.get(kind, DEFAULT_COMPONENTS[kind])
         own = implied.get(f"{kind}_options", {}) if name == implied.get(kind) else {}
         components[kind] = name
-        components[f"{kind}_options"] = {**own, **_options(o[f"{kind}_options"])}
+        components[f"{kind}_options"] = {**own, **options[kind]}
     run_dir = o["run_dir"]
     if run_dir is None:
         kind = ("skip-" if o["skip"] else "") + (
@@ -384,6 +528,8 @@ def fit(**o):
         hidden_dims=o["hidden_dims"],
         skip=o["skip"],
         **components,
+        guide=o["guide"],
+        guide_options=options["guide"],
         device=o["device"],
         seed=o["seed"],
     )
@@ -409,9 +555,10 @@ def fit(**o):
         min_learning_rate=o["min_learning_rate"],
         kl_warmup_epochs=o["kl_warmup_epochs"],
         kl_start=o["kl_start"],
+        kl_cycle_epochs=o["kl_cycle_epochs"],
         elbo=o["elbo"],
         num_particles=o["num_particles"],
-        elbo_options=_options(o["elbo_options"]),
+        elbo_options=options["elbo"],
         inference=o["inference"],
         inference_options=inference_options,
         binarize=binarize,

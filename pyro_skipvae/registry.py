@@ -9,11 +9,17 @@ Users add their own with the decorator::
     class LaplacePrior(Prior):
         ...
 
+or name a factory by its import path, ``"module:attribute"`` (e.g. ``"mypkg.priors:VampPrior"``,
+a class or a function; the attribute may be dotted). The path is imported when the component
+is built, so a run's ``config.json`` that stores it rebuilds the component in a new process
+(``SkipVAE.load``, ``--resume``, ``skipvae diagnose``) wherever the module is importable.
+
 A component's *options* are the keyword arguments of its factory that the library does not
 fill itself (e.g. a decoder's ``hidden_dims``, a likelihood's ``num_categories``); an unknown
 option is a :class:`~pyro_skipvae.errors.ConfigError` that names the valid ones.
 """
 
+import importlib
 import inspect
 from collections.abc import Callable, Iterator
 
@@ -31,18 +37,56 @@ class Registry:
         """Register ``factory`` under ``name``; usable as a decorator when ``factory`` is None."""
         if factory is None:
             return lambda f: self.register(name, f)
+        if ":" in name:
+            raise ConfigError(
+                f"{self.kind} name {name!r}: ':' is reserved for import paths (module:attribute)"
+            )
         if name in self._factories:
             raise ConfigError(f"{self.kind} {name!r} is already registered")
         self._factories[name] = factory
         return factory
 
     def get(self, name: str) -> Callable:
-        try:
+        """The factory registered as ``name``, or imported from the path ``"module:attribute"``.
+
+        :raises ConfigError: an unknown name; a module that does not import, an attribute it
+            lacks, or one that is not callable.
+        """
+        if name in self._factories:
             return self._factories[name]
-        except KeyError:
+        if isinstance(name, str) and ":" in name:
+            return self._import(name)
+        raise ConfigError(
+            f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())} "
+            "or an import path module:attribute"
+        )
+
+    def _import(self, path: str) -> Callable:
+        module_name, _, attribute = path.partition(":")
+        if not module_name or not attribute:
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}"
+                f"{self.kind} {path!r}: expected an import path module:attribute, "
+                "e.g. mypkg.priors:VampPrior"
+            )
+        try:
+            obj = importlib.import_module(module_name)
+        except Exception as e:  # ImportError, or any error the module raises on import
+            raise ConfigError(
+                f"{self.kind} {path!r}: cannot import module {module_name!r} "
+                f"({type(e).__name__}: {e})"
             ) from None
+        for part in attribute.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise ConfigError(
+                    f"{self.kind} {path!r}: module {module_name!r} has no attribute {attribute!r}"
+                ) from None
+        if not callable(obj):
+            raise ConfigError(
+                f"{self.kind} {path!r}: expected a class or function, found {type(obj).__name__}"
+            )
+        return obj
 
     def options(self, name: str, *, filled=()) -> list[str] | None:
         """The option names ``name``'s factory accepts, less the arguments in ``filled``

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pyro
 import torch
+from pyro import poutine
+from pyro.infer import Predictive
 
 from . import checkpoint
 from .checks import check_positive
@@ -25,13 +27,14 @@ from .data.text import bucket_batches, length_order, trim_collate
 from .diagnostics import diagnose, evaluate_elbo
 from .diagnostics.elbo import evaluation_batch_size
 from .errors import CheckpointError, ConfigError
-from .guides import ENCODERS, Guide
-from .infer import ELBOS, INFERENCES, LinearWarmup, Optimizer, train
+from .guides import ENCODERS, GUIDES
+from .infer import ELBOS, INFERENCES, Optimizer, kl_schedule, train
 from .infer.elbos import PerDatapointBound, is_nonlinear
 from .infer.optim import LR_DECAYS, OPTIMIZERS
 from .models import DECODERS, LIKELIHOODS, PRIORS, Model
 from .modes import evaluating
 from .run import BEST_FILE, CHECKPOINT_FORMAT, Run, load_weights, weights_state
+from .sites import LATENT_SITE, OBSERVED_SITE
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,9 @@ logger = logging.getLogger(__name__)
 class ModelConfig:
     """Everything needed to rebuild a model and guide (``config.json``'s ``"model"``).
 
-    Components are registry names; their options are the keyword arguments of the
-    component's factory, stored with their defaults filled in, so a run rebuilds identically.
+    Components are registry names or import paths ``"module:attribute"``; their options are
+    the keyword arguments of the component's factory, stored with their defaults filled in, so
+    a run rebuilds identically.
     """
 
     data_shape: tuple[int, ...]
@@ -55,6 +59,8 @@ class ModelConfig:
     encoder_options: dict = field(default_factory=dict)
     prior_options: dict = field(default_factory=dict)
     likelihood_options: dict = field(default_factory=dict)
+    guide: str = "normal"
+    guide_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.data_shape = tuple(int(d) for d in self.data_shape)
@@ -81,9 +87,13 @@ class TrainConfig:
     :param float kl_warmup_epochs: β rises linearly from ``kl_start`` to 1 over this many
         epochs (default 10 from 0.1, as in the papers' scripts; 0 disables warm-up).
     :param float kl_start: β at the start of training (default 0.1).
+    :param float kl_cycle_epochs: if given, repeat the warm-up every this many epochs
+        (cyclical annealing, Fu et al. 2019; see
+        :class:`~pyro_skipvae.infer.annealing.CyclicalAnnealing`); default None: warm up once.
     :param elbo: a name in :data:`~pyro_skipvae.infer.ELBOS` (``"trace"``, the default;
-        ``"mean-field"``, ``"renyi"``, ``"iwae"``) or a Pyro ELBO instance (a Rényi/IWAE
-        instance is wrapped in :class:`~pyro_skipvae.infer.elbos.PerDatapointBound`).
+        ``"mean-field"``, ``"tracegraph"``, ``"renyi"``, ``"iwae"``, ``"jit"``,
+        ``"free-bits"``), an import path, or a Pyro ELBO instance (a Rényi/IWAE instance is
+        wrapped in :class:`~pyro_skipvae.infer.elbos.PerDatapointBound`).
     :param int num_particles: samples per datapoint of the ELBO (default 1; vectorised).
     :param dict elbo_options: further options of a named ELBO (e.g. ``alpha`` of ``"renyi"``).
     :param inference: ``"svi"`` (default), ``"semi-amortized"`` or an object with ``step``.
@@ -105,6 +115,7 @@ class TrainConfig:
     min_learning_rate: float = 0.0
     kl_warmup_epochs: float = 10.0
     kl_start: float = 0.1
+    kl_cycle_epochs: float | None = None
     elbo: object = "trace"
     num_particles: int = 1
     elbo_options: dict = field(default_factory=dict)
@@ -129,6 +140,7 @@ class TrainConfig:
                 f"expected kl_warmup_epochs >= 0 and 0 < kl_start <= 1, found "
                 f"{self.kl_warmup_epochs} and {self.kl_start}"
             )
+        kl_schedule(self.kl_warmup_epochs, self.kl_start, self.kl_cycle_epochs)
         OPTIMIZERS.get(self.optimizer)
         for name, value, valid in (
             ("lr_decay", self.lr_decay, LR_DECAYS),
@@ -196,11 +208,18 @@ class SkipVAE:
     :param prior: name in :data:`~pyro_skipvae.models.PRIORS` (``"normal"``,
         ``"learned-normal"``, ``"mixture"``) or a :class:`~pyro_skipvae.models.Prior`.
     :param likelihood: name in :data:`~pyro_skipvae.models.LIKELIHOODS` (``"bernoulli"``,
-        ``"continuous-bernoulli"``, ``"normal"``, ``"categorical"``) or an instance.
+        ``"continuous-bernoulli"``, ``"normal"``, ``"categorical"``,
+        ``"discretized-logistic"``) or an instance.
+    :param guide: name in :data:`~pyro_skipvae.guides.GUIDES` (``"normal"``, the default,
+        or ``"flow"``), taking the encoder as its first argument.
     :param dict decoder_options: options of a named decoder (e.g. ``hidden_dims``); likewise
-        ``encoder_options``, ``prior_options`` (e.g. ``num_components``) and
-        ``likelihood_options`` (e.g. ``num_categories``). An unknown option is a
-        :class:`~pyro_skipvae.errors.ConfigError` naming the valid ones.
+        ``encoder_options``, ``prior_options`` (e.g. ``num_components``),
+        ``likelihood_options`` (e.g. ``num_categories``) and ``guide_options`` (e.g.
+        ``num_flows``). An unknown option is a :class:`~pyro_skipvae.errors.ConfigError`
+        naming the valid ones.
+
+    Every component may also be named by import path, ``"module:attribute"`` (a class or
+    factory with the registry's signature); the path is stored in ``config.json``.
     :param str device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
     :param int seed: if given, seeds Pyro's RNGs before the weights are initialised.
     """
@@ -216,10 +235,12 @@ class SkipVAE:
         encoder="mlp",
         prior="normal",
         likelihood="bernoulli",
+        guide="normal",
         decoder_options=None,
         encoder_options=None,
         prior_options=None,
         likelihood_options=None,
+        guide_options=None,
         device=None,
         seed=None,
     ):
@@ -246,6 +267,8 @@ class SkipVAE:
             encoder_options,
             _component_options(PRIORS, prior, prior_options, ("latent_dim",))[0],
             _component_options(LIKELIHOODS, likelihood, likelihood_options, ("data_shape",))[0],
+            _name(guide),
+            _component_options(GUIDES, guide, guide_options, ("encoder", "name"))[0],
         )
         if seed is not None:
             pyro.set_rng_seed(seed)
@@ -256,13 +279,18 @@ class SkipVAE:
         )
         prior = PRIORS.build(prior, c.latent_dim, options=c.prior_options)
         encoder = ENCODERS.build(encoder, c.data_shape, c.latent_dim, options=c.encoder_options)
+        guide = GUIDES.build(guide, encoder, options=c.guide_options)
+        # The front door is the one place that knows both sides: a prior defined through
+        # the encoder (VampPrior) gets the guide's here.
+        if hasattr(prior, "attach_encoder"):
+            prior.attach_encoder(getattr(guide, "encoder", encoder))
         self.device = torch.device(device or "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 f"device {str(self.device)!r} was requested but torch finds no CUDA device here"
             )
         self.model = Model(prior, decoder, likelihood).to(self.device)
-        self.guide = Guide(encoder).to(self.device)
+        self.guide = guide.to(self.device)
         self.history: list[dict] = []
 
     @classmethod
@@ -271,8 +299,8 @@ class SkipVAE:
         passed again in ``overrides`` (e.g. ``prior=MyPrior(...)``)."""
         options = asdict(config) if isinstance(config, ModelConfig) else dict(config)
         options.update(overrides)
-        for key in ("decoder", "encoder", "prior", "likelihood"):
-            if isinstance(options[key], str) and options[key].startswith("custom:"):
+        for key in ("decoder", "encoder", "prior", "likelihood", "guide"):
+            if isinstance(options.get(key), str) and options[key].startswith("custom:"):
                 raise ConfigError(
                     f"this model used a custom {key} ({options[key][7:]}); pass it again as {key}=..."
                 )
@@ -397,7 +425,7 @@ class SkipVAE:
                 batch_size=cfg.batch_size,
                 generator=generator,
                 start_epoch=len(run.history),
-                annealing=LinearWarmup(cfg.kl_warmup_epochs, cfg.kl_start),
+                annealing=kl_schedule(cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_cycle_epochs),
                 transform=None
                 if cfg.binarize != "dynamic"
                 else (lambda x, g: binarize(x, "dynamic", g)),
@@ -473,11 +501,45 @@ class SkipVAE:
             return diagnose(self.model, self.guide, data.to(self.device), **options)
 
     @torch.no_grad()
-    def encode(self, x):
-        """Posterior means and standard deviations ``(loc, scale)`` of q(z | x)."""
+    def encode(self, x, *, num_samples=256):
+        """Posterior means and standard deviations ``(loc, scale)`` of q(z | x): exact for
+        the Gaussian guide, from ``num_samples`` draws for families without closed-form
+        moments (the flow guide)."""
         with evaluating(self.guide):
-            loc, log_var = self.guide.local_params(x.to(self.device))
-        return loc, (0.5 * log_var).exp()
+            q = self.guide.distribution(*self.guide.local_params(x.to(self.device)))
+            try:
+                return q.mean, q.stddev
+            except NotImplementedError:
+                z = q.sample((num_samples,))
+                return z.mean(0), z.std(0)
+
+    @torch.no_grad()
+    def predictive(self, x, *, num_samples=1, posterior=True) -> dict:
+        """Posterior predictive (z ~ q(z|x), default) or prior predictive (z ~ p(z),
+        ``posterior=False``) draws of ``"z"`` and ``"x"``, with :class:`pyro.infer.Predictive`
+        on the model made generative by :func:`pyro.poutine.uncondition`.
+
+        :param torch.Tensor x: the data whose posterior is used (for the prior predictive
+            only its length matters: one draw per row).
+        :returns: ``{"z": (num_samples, N, latent_dim), "x": (num_samples, N, *data_shape)}``.
+        :raises ConfigError: for autoregressive decoders, whose site ``"x"`` is teacher-forced
+            on the observed x (use :meth:`sample`).
+        """
+        if getattr(self.model.decoder, "autoregressive", False):
+            raise ConfigError(
+                "predictive draws of x need a decoder that does not read x; this decoder is "
+                "autoregressive (teacher-forced): use SkipVAE.sample"
+            )
+        x = prepare(x, self.model.likelihood).to(self.device)
+        predictive = Predictive(
+            poutine.uncondition(self.model),
+            guide=self.guide if posterior else None,
+            num_samples=num_samples,
+            return_sites=[LATENT_SITE, OBSERVED_SITE],
+            parallel=True,
+        )
+        with evaluating(self.model, self.guide):
+            return predictive(x)
 
     @torch.no_grad()
     def sample(self, num_samples: int, *, mean=True):

@@ -33,6 +33,7 @@ from .nll import (
     pareto_k,
     pareto_k_summary,
 )
+from .posterior import nuts_posterior
 from .report import compare_table, diagnose, format_table, plot_diagnostics
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "log_importance_weights",
     "minibatch_mutual_information",
     "mutual_information",
+    "nuts_posterior",
     "pareto_k",
     "pareto_k_summary",
     "plot_diagnostics",

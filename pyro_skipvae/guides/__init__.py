@@ -1,8 +1,17 @@
-"""The inference side: encoders and the amortized Pyro guide."""
+"""The inference side: encoders and the amortized Pyro guides."""
 
 from .conv import ConvEncoder
 from .encoders import ENCODERS, Encoder, MLPEncoder
-from .guide import Guide
+from .guide import GUIDES, FlowGuide, Guide
 from .lstm import LSTMEncoder
 
-__all__ = ["ConvEncoder", "ENCODERS", "Encoder", "Guide", "LSTMEncoder", "MLPEncoder"]
+__all__ = [
+    "ConvEncoder",
+    "ENCODERS",
+    "Encoder",
+    "FlowGuide",
+    "GUIDES",
+    "Guide",
+    "LSTMEncoder",
+    "MLPEncoder",
+]

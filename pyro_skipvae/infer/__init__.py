@@ -1,8 +1,9 @@
 """Inference: objectives, algorithms, the optimizer, the training loop and KL annealing."""
 
-from .annealing import LinearWarmup
-from .elbos import ELBOS, INFERENCES, PerDatapointBound
+from .annealing import CyclicalAnnealing, LinearWarmup, kl_schedule
+from .elbos import ELBOS, INFERENCES, JitELBO, PerDatapointBound
 from .fit import train
+from .free_bits import FreeBitsELBO
 from .optim import OPTIMIZERS, Optimizer
 from .refine import Refinement, refined_guide
 from .semi_amortized import MODES as SEMI_AMORTIZED_MODES
@@ -10,8 +11,11 @@ from .semi_amortized import SemiAmortizedSVI
 from .svi import SVI
 
 __all__ = [
+    "CyclicalAnnealing",
     "ELBOS",
+    "FreeBitsELBO",
     "INFERENCES",
+    "JitELBO",
     "LinearWarmup",
     "OPTIMIZERS",
     "Optimizer",
@@ -21,5 +25,6 @@ __all__ = [
     "SVI",
     "SemiAmortizedSVI",
     "refined_guide",
+    "kl_schedule",
     "train",
 ]

@@ -10,16 +10,33 @@ subsampling. Pyro scales every site's log-density by the plate's N/B *before* co
 particles, so :class:`~pyro.infer.RenyiELBO` computes log mean_k exp((N/B) log w_ik) instead
 of (N/B) log mean_k w_ik: a different, wrong objective whenever B < N. :class:`PerDatapointBound`
 evaluates such a bound per datapoint on the unscaled plate and applies N/B outside. The
-linear bounds (``trace``, ``mean-field``) are exact under subsampling as they are.
+linear bounds (``trace``, ``mean-field``, ``tracegraph``, ``jit``) are exact under
+subsampling as they are; ``free-bits`` is a minibatch objective by definition (its max acts
+on the minibatch's average KL).
+
+**JIT.** :class:`JitELBO` runs :class:`~pyro.infer.JitTrace_ELBO` with the site contract's
+keyword arguments made JIT-safe. ``jit-mean-field`` is refused: in pyro-ppl 1.9
+:class:`~pyro.infer.JitTraceMeanField_ELBO` caches its compiled function under a different
+attribute than the one it checks, so it traces the model again on every step
+(``benchmarks/results/elbos.md`` has the measurement).
 """
 
 import weakref
 
+import torch
 from pyro import poutine
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+)
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .free_bits import FreeBitsELBO
 from .semi_amortized import SemiAmortizedSVI
 from .svi import SVI
 
@@ -89,6 +106,59 @@ class PerDatapointBound(ELBO):
         return f"PerDatapointBound({type(self.elbo).__name__})"
 
 
+class JitELBO(ELBO):
+    r""":class:`~pyro.infer.JitTrace_ELBO` for models called as ``model(x, *, size, beta)``.
+
+    Pyro's JIT ELBOs compile once per distinct set of keyword arguments, and treat only
+    positional tensors as inputs of the compiled graph. Under the site contract β is a float
+    keyword that changes every step during KL warm-up, so stock JitTrace_ELBO would compile
+    anew on every step; this wrapper passes β as a tensor argument instead. It also keys the
+    compilation on the minibatch shape, because :func:`torch.jit.trace` does not promise a
+    graph that is valid for other shapes (a smaller last minibatch gets its own graph; on this
+    model the stock graph happened to give the right loss on a smaller batch too).
+
+    Semi-amortized inference is refused (no ``differentiable_loss``): it passes a new guide to
+    the ELBO on every call, which would compile every time.
+
+    :param int num_particles: samples per datapoint (vectorised when > 1).
+    """
+
+    def __init__(self, num_particles=1, **kwargs):
+        super().__init__(num_particles=num_particles, **kwargs)
+        self.elbo = JitTrace_ELBO(num_particles=num_particles, ignore_jit_warnings=True, **kwargs)
+        self._wrapped = weakref.WeakKeyDictionary()
+
+    def _wrap(self, fn):
+        # One wrapper per model/guide, kept alive with it: the JIT keys its cache by their ids.
+        if fn not in self._wrapped:
+
+            def wrapped(x, beta, *, size, shape):
+                return fn(x, size=size, beta=beta)
+
+            self._wrapped[fn] = wrapped
+        return self._wrapped[fn]
+
+    def _call(self, method, model, guide, x, *, size=None, beta=1.0):
+        beta = torch.as_tensor(beta, dtype=torch.get_default_dtype(), device=x.device)
+        return method(
+            self._wrap(model), self._wrap(guide), x, beta, size=size, shape=tuple(x.shape)
+        )
+
+    def loss_and_grads(self, model, guide, x, *, size=None, beta=1.0):
+        return self._call(self.elbo.loss_and_grads, model, guide, x, size=size, beta=beta)
+
+    def loss(self, model, guide, x, *, size=None, beta=1.0):
+        with torch.no_grad():
+            loss = self._call(self.elbo.differentiable_loss, model, guide, x, size=size, beta=beta)
+        return loss.item()
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
+    def __repr__(self):
+        return f"JitELBO(num_particles={self.num_particles})"
+
+
 def is_nonlinear(elbo) -> bool:
     """True for an ELBO that is wrong under subsampling unless wrapped (see the module
     docstring); also for such an ELBO's bound ``loss`` method, which is what
@@ -130,6 +200,40 @@ def mean_field_elbo(num_particles=1):
     pair (the authors' choice), Monte Carlo otherwise."""
     _check_particles(num_particles)
     return TraceMeanField_ELBO(**_particles(num_particles))
+
+
+@ELBOS.register("tracegraph")
+def tracegraph_elbo(num_particles=1):
+    """:class:`~pyro.infer.TraceGraph_ELBO`: Rao-Blackwellised score-function terms for
+    non-reparameterisable sites (none in the default model, where it equals ``trace``)."""
+    _check_particles(num_particles)
+    return TraceGraph_ELBO(**_particles(num_particles))
+
+
+@ELBOS.register("free-bits")
+def free_bits_elbo(num_particles=1, free_bits=0.25):
+    """:class:`~pyro_skipvae.infer.free_bits.FreeBitsELBO`: the KL of each latent dimension
+    counts as at least ``free_bits`` nats (Kingma et al. 2016); a training objective."""
+    _check_particles(num_particles)
+    return FreeBitsELBO(free_bits, **_particles(num_particles))
+
+
+@ELBOS.register("jit")
+def jit_elbo(num_particles=1):
+    """:class:`JitELBO`: :class:`~pyro.infer.JitTrace_ELBO`, compiled once per minibatch shape."""
+    _check_particles(num_particles)
+    return JitELBO(**_particles(num_particles))
+
+
+@ELBOS.register("jit-mean-field")
+def jit_mean_field_elbo(num_particles=1):
+    """Refused: :class:`~pyro.infer.JitTraceMeanField_ELBO` recompiles on every step in
+    pyro-ppl 1.9 (see the module docstring)."""
+    raise ConfigError(
+        "jit-mean-field: pyro-ppl 1.9's JitTraceMeanField_ELBO traces the model again on "
+        "every step (it checks for its compiled function under the wrong attribute), which "
+        "makes it slower than no JIT; use --elbo mean-field, or --elbo jit (JitTrace_ELBO)"
+    )
 
 
 @ELBOS.register("renyi")

@@ -209,7 +209,15 @@ class SemiAmortizedSVI:
         elif self.mode == "kl":
             q0 = self.guide.distribution(*init)
             q_refined = self.guide.distribution(*refined)
-            surrogate = surrogate + scale * kl_divergence(q0, q_refined).sum()
+            try:
+                kl = kl_divergence(q0, q_refined)
+            except NotImplementedError:
+                raise ConfigError(
+                    f"semi-amortized mode 'kl' needs KL(q_λ0 ‖ q_λK) in closed form, which "
+                    f"kl_divergence does not know for {_family(q0)}; use mode "
+                    "'stop-gradient' or 'end-to-end'"
+                ) from None
+            surrogate = surrogate + scale * kl.sum()
         return loss, surrogate
 
     def step(self, x, *, size=None, beta=1.0):
@@ -262,6 +270,12 @@ class SemiAmortizedSVI:
         if self.mode == "end-to-end" and _has_cuda_rnn(self.model, self.guide):
             return torch.backends.cudnn.flags(enabled=False)
         return contextlib.nullcontext()
+
+
+def _family(d) -> str:
+    """A distribution's name with its wrappers: ``Independent(StudentT)``."""
+    base = getattr(d, "base_dist", None)
+    return type(d).__name__ + (f"({_family(base)})" if base is not None else "")
 
 
 def _has_cuda_rnn(*modules) -> bool:
