@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import subprocess
 import sys
 import traceback
 
@@ -140,6 +141,28 @@ class Device(click.ParamType):
 
 def _options(pairs) -> dict:
     return dict(pairs or ())
+
+
+class KeepsArguments(click.Command):
+    """A command that keeps its raw arguments in ``ctx.meta["arguments"]``, so that
+    ``fit --nproc N`` can relaunch the same command line under torchrun."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["arguments"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _without_option(arguments, name):
+    """``arguments`` without ``name VALUE`` / ``name=VALUE``."""
+    kept, skip = [], False
+    for arg in arguments:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            kept.append(arg)
+    return kept
 
 
 POSITIVE = click.IntRange(min=1)
@@ -284,7 +307,7 @@ def cli(verbose):
         sys.path.append(os.getcwd())
 
 
-@cli.command()
+@cli.command(cls=KeepsArguments)
 @click.option(
     "--config",
     type=click.Path(exists=True, dir_okay=False),
@@ -470,13 +493,54 @@ def cli(verbose):
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--nproc",
+    type=POSITIVE,
+    default=1,
+    help="Data-parallel training with N processes on this machine: relaunches this command "
+    "under torchrun (one GPU per process with --device cuda). Under torchrun, omit it.",
+)
 @click.pass_context
 @handle_errors
 def fit(ctx, **o):
-    """Fit a (skip-)VAE and write config.json, checkpoint.pt, best.pt and metrics.jsonl."""
+    """Fit a (skip-)VAE and write config.json, checkpoint.pt, best.pt and metrics.jsonl.
+
+    Data-parallel: `torchrun --nproc_per_node N $(which skipvae) fit ...` or `--nproc N`."""
+    from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.infer import distributed
+
+    if o["nproc"] > 1:
+        if distributed.launched_world_size() > 1:
+            raise ConfigError(
+                "--nproc launches torchrun itself; this process already runs under a launcher "
+                f"(WORLD_SIZE={distributed.launched_world_size()}), so omit --nproc"
+            )
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={o['nproc']}",
+            "-m",
+            "pyro_skipvae.cli.main",
+            *(["--verbose"] if ctx.parent.params.get("verbose") else []),
+            "fit",
+            *_without_option(ctx.meta["arguments"], "--nproc"),
+        ]
+        sys.exit(subprocess.run(command).returncode)
+    with distributed.process_group(o["device"]):
+        _fit(ctx, o)
+
+
+def _fit(ctx, o):
     from pyro_skipvae import SkipVAE
     from pyro_skipvae.data import default_binarization, load_dataset
     from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.infer import distributed
+
+    main = distributed.is_main()
+    if not main:  # only rank 0 logs, shows progress and prints
+        logging.getLogger().setLevel(logging.WARNING)
 
     options = {k: _merged_options(ctx, o, k) for k in ("decoder", "encoder", "guide", "prior")}
     options.update({k: _merged_options(ctx, o, k) for k in ("likelihood", "elbo")})
@@ -538,7 +602,7 @@ def fit(ctx, **o):
         val=splits.val,
         run_dir=run_dir,
         resume=o["resume"],
-        progress=not o["quiet"],
+        progress=not o["quiet"] and main,
         run_info={
             "dataset": splits.name,
             "train_size": o["train_size"],
@@ -566,6 +630,8 @@ def fit(ctx, **o):
     )
     if not history:
         raise ConfigError(f"nothing to do: no epochs to run (num_epochs={o['num_epochs']})")
+    if not main:
+        return
     last = history[-1]
     best = next(r for r in history if r["epoch"] == last["selected"])
     bound = "refined validation ELBO" if o["inference"] == "semi-amortized" else "validation ELBO"

@@ -13,6 +13,11 @@ Every file is written atomically (:mod:`pyro_skipvae.checkpoint`). :class:`Run` 
 the training loop calls back after each epoch (as Lightning's ``ModelCheckpoint`` is called by
 its ``Trainer``); :meth:`SkipVAE.fit <pyro_skipvae.SkipVAE.fit>` wires it up.
 
+**Data-parallel runs** (:mod:`pyro_skipvae.infer.distributed`): only rank 0 writes; every
+rank reads ``checkpoint.pt`` to resume. ``config.json`` records ``run.world_size`` and the
+checkpoint holds every rank's RNG states (a list, one per rank), so a resume with the same
+number of processes continues exactly; one with another number is refused.
+
 **Model selection** is on the validation bound ``val_elbo``: the amortized ELBO for amortized
 runs, the refined bound for semi-amortized ones (as the authors select). Without validation
 data every epoch counts as an improvement, so ``best.pt`` is the last epoch: selecting on the
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .errors import CheckpointError, ConfigError
+from .infer import distributed
 from .names import canonical_name
 
 logger = logging.getLogger(__name__)
@@ -103,6 +109,24 @@ class Run:
         """
         if self.path is None:
             return
+        checkpoint_path = self.path / CHECKPOINT_FILE
+        # Rank 0 checks and writes config.json; the others raise whatever it raised.
+        error = None
+        if distributed.is_main():
+            try:
+                self._check_and_write_config(resume)
+            except (ConfigError, CheckpointError) as e:
+                error = e
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise error
+        if resume and checkpoint_path.exists():
+            self._restore(checkpoint.load(checkpoint_path), checkpoint_path)
+            logger.info("resuming %s after epoch %d", self.path, len(self.history))
+        if distributed.is_main():
+            self._write_metrics()
+
+    def _check_and_write_config(self, resume):
         config_path, checkpoint_path = self.path / CONFIG_FILE, self.path / CHECKPOINT_FILE
         if config_path.exists() or checkpoint_path.exists():
             if not resume:
@@ -110,17 +134,21 @@ class Run:
                     f"{self.path} already holds a run; pass resume=True (--resume) to continue it, "
                     "or choose another output directory (nothing was overwritten)"
                 )
-            differences = config_differences(read_config(self.path), self.config)
+            saved = read_config(self.path)
+            before, now = _world_size(saved), _world_size(self.config)
+            if before != now:
+                raise ConfigError(
+                    f"cannot resume {self.path}: it was trained by {before} process(es), this is "
+                    f"{now}; every process's random state is restored, so resume with the same "
+                    f"number (torchrun --nproc_per_node {before}, or skipvae fit --nproc {before})"
+                )
+            differences = config_differences(saved, self.config)
             if differences:
                 raise ConfigError(
                     f"cannot resume {self.path}: its configuration differs in "
                     + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in differences)
                 )
         checkpoint.atomic_write_json(config_path, self.config)
-        if resume and checkpoint_path.exists():
-            self._restore(checkpoint.load(checkpoint_path), checkpoint_path)
-            logger.info("resuming %s after epoch %d", self.path, len(self.history))
-        self._write_metrics()
 
     def _restore(self, state, path):
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -134,7 +162,15 @@ class Run:
             )
         load_weights(self.model, self.guide, state, path)
         _set_optimizer_state(self.optimizer, state["optimizer"], self.model, self.guide)
-        checkpoint.set_rng_state(state["rng"])
+        rng = state["rng"]
+        if isinstance(rng, list):  # one state per rank (data-parallel run)
+            if len(rng) != distributed.world_size():
+                raise CheckpointError(
+                    f"{path} holds the random states of {len(rng)} processes, this run has "
+                    f"{distributed.world_size()}"
+                )
+            rng = rng[distributed.rank()]
+        checkpoint.set_rng_state(rng)
         self.generator.set_state(state["generator"])
         self.history = list(state["history"])
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
@@ -152,8 +188,14 @@ class Run:
         return improved
 
     def save(self, *, improved: bool) -> None:
-        """Write ``best.pt`` (if ``improved``), ``checkpoint.pt`` and ``metrics.jsonl``."""
+        """Write ``best.pt`` (if ``improved``), ``checkpoint.pt`` and ``metrics.jsonl``
+        (rank 0 only; every rank must call it, to hand over its RNG states)."""
         if self.path is None:
+            return
+        rng = checkpoint.get_rng_state()
+        if distributed.active():
+            rng = distributed.all_gather_objects(rng)
+        if not distributed.is_main():
             return
         weights = self.weights()
         if improved:
@@ -161,7 +203,7 @@ class Run:
         state = dict(
             weights,
             optimizer=_optimizer_state(self.optimizer),
-            rng=checkpoint.get_rng_state(),
+            rng=rng,
             generator=self.generator.get_state(),
             history=self.history,
             best_score=self.best_score,
@@ -178,6 +220,10 @@ class Run:
         checkpoint.atomic_write_text(
             self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.history)
         )
+
+
+def _world_size(config) -> int:
+    return config.get("run", {}).get("world_size", 1)
 
 
 def weights_state(config, epoch, model, guide) -> dict:

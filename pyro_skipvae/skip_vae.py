@@ -28,7 +28,16 @@ from .diagnostics import diagnose, evaluate_elbo
 from .diagnostics.elbo import evaluation_batch_size
 from .errors import CheckpointError, ConfigError
 from .guides import ENCODERS, GUIDES
-from .infer import ELBOS, INFERENCES, Optimizer, kl_schedule, train
+from .infer import (
+    ELBOS,
+    INFERENCES,
+    SVI,
+    Optimizer,
+    SemiAmortizedSVI,
+    distributed,
+    kl_schedule,
+    train,
+)
 from .infer.elbos import PerDatapointBound, is_nonlinear
 from .infer.optim import LR_DECAYS, OPTIMIZERS
 from .models import DECODERS, LIKELIHOODS, PRIORS, Model
@@ -220,7 +229,8 @@ class SkipVAE:
 
     Every component may also be named by import path, ``"module:attribute"`` (a class or
     factory with the registry's signature); the path is stored in ``config.json``.
-    :param str device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
+    :param str device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``; under torchrun a bare
+        ``"cuda"`` means ``cuda:$LOCAL_RANK``.
     :param int seed: if given, seeds Pyro's RNGs before the weights are initialised.
     """
 
@@ -284,7 +294,7 @@ class SkipVAE:
         # the encoder (VampPrior) gets the guide's here.
         if hasattr(prior, "attach_encoder"):
             prior.attach_encoder(getattr(guide, "encoder", encoder))
-        self.device = torch.device(device or "cpu")
+        self.device = distributed.resolve_device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 f"device {str(self.device)!r} was requested but torch finds no CUDA device here"
@@ -341,6 +351,13 @@ class SkipVAE:
         :param bool progress: show a progress bar.
         :param options: the fields of :class:`TrainConfig` (``num_epochs``, ``batch_size``,
             ``optimizer``, ``learning_rate``, ``clip_norm``, ``elbo``, ``inference``, ...).
+
+        **Data-parallel.** Called in every process of a :mod:`torch.distributed` group (e.g.
+        launched by ``torchrun``), the processes train one model together: each steps on its
+        share of every global minibatch of ``batch_size`` and the gradients are averaged,
+        validation is split between them and its means combined, and only rank 0 writes the
+        run folder (see :mod:`pyro_skipvae.infer.distributed` and :mod:`pyro_skipvae.run`).
+
         :raises ConfigError: bad options, or ``resume`` against a different configuration.
         :raises DataError: data of the wrong shape, non-finite, or outside the likelihood's support.
         :raises NonFiniteLossError: a NaN/inf loss; the last checkpoint stays intact.
@@ -364,7 +381,9 @@ class SkipVAE:
             val_tokens = likelihood.num_tokens(val)
             if val_tokens is not None:
                 val = val[length_order(val_tokens)]
-            val = val.to(self.device)
+            # each rank scores its share; the means are combined over the ranks
+            val = distributed.shard(val).to(self.device)
+        world = distributed.world_size()
         # Batches of the training batch size's multiples: a semi-amortized evaluation refines
         # in minibatches of that size, and a smaller remainder would take larger steps.
         eval_batch_size = evaluation_batch_size(
@@ -374,9 +393,16 @@ class SkipVAE:
             "format": CHECKPOINT_FORMAT,
             "model": _plain(asdict(self.config)),
             "train": cfg.to_json(),
-            "run": _plain({**(run_info or {}), "device": str(self.device)}),
+            "run": _plain(
+                {
+                    **(run_info or {}),
+                    "device": str(self.device),
+                    **({"world_size": world} if world > 1 else {}),
+                }
+            ),
         }
-        pyro.set_rng_seed(cfg.seed)
+        # Same data order on every rank (the generator); each rank its own Monte-Carlo noise.
+        pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
         generator = torch.Generator().manual_seed(cfg.seed)
         inference = self._inference(cfg)
         optimizer = inference.optim
@@ -389,6 +415,7 @@ class SkipVAE:
             generator=generator,
         )
         run.start(resume=resume)
+        distributed.broadcast_states(self.model, self.guide)
 
         def evaluate():
             if val is None:
@@ -399,8 +426,9 @@ class SkipVAE:
                 with evaluating(self.model, self.guide):
                     result = evaluate_elbo(self.model, self.guide, val, batch_size=eval_batch_size)
                 result = {"elbo": result["elbo"], "kl": result["kl"]}
-            if val_tokens is not None:
-                tokens_per_point = val_tokens.sum().item() / val.shape[0]
+            result = distributed.mean_across_ranks(result, val.shape[0])
+            if val_tokens is not None:  # the whole validation set's tokens per sequence
+                tokens_per_point = val_tokens.sum().item() / val_tokens.shape[0]
                 for key in ("", "_amortized"):
                     if f"elbo{key}" in result:
                         result[f"ppl{key}"] = math.exp(-result[f"elbo{key}"] / tokens_per_point)
@@ -459,6 +487,12 @@ class SkipVAE:
             if not hasattr(cfg.inference, "optim"):
                 raise ConfigError(
                     "an inference object must have an `optim` attribute (its optimizer)"
+                )
+            if distributed.active() and not isinstance(cfg.inference, SVI | SemiAmortizedSVI):
+                raise ConfigError(
+                    f"data-parallel training needs an inference object that averages gradients "
+                    f"over the processes; {type(cfg.inference).__name__} does not (use "
+                    "pyro_skipvae.infer.SVI or SemiAmortizedSVI)"
                 )
             return cfg.inference
         optimizer = Optimizer(

@@ -20,26 +20,59 @@ def params_with_grads(*grads):
     return params
 
 
-def test_steps_on_the_per_datapoint_gradient():
+@pytest.mark.parametrize("fused", [True, False])
+def test_steps_on_the_per_datapoint_gradient(fused):
     """SGD with learning rate η moves by −η g/N: Pyro's loss is the N-scaled sum, the
     papers' loss the minibatch mean."""
     g = torch.tensor([3.0, -4.0])
     (p,) = params_with_grads(g)
-    Optimizer([p], name="sgd", learning_rate=0.5).step(size=N)
+    Optimizer([p], name="sgd", learning_rate=0.5, fused=fused).step(size=N)
     assert torch.allclose(p.detach(), -0.5 * g / N)
     assert p.grad is None, "gradients are released after the step"
 
 
-def test_clip_norm_is_the_global_norm_of_the_per_datapoint_gradient():
+@pytest.mark.parametrize("fused", [True, False])
+def test_clip_norm_is_the_global_norm_of_the_per_datapoint_gradient(fused):
     a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])  # per-datapoint norm 5 after /N
     pa, pb = params_with_grads(a * N, b * N)
-    Optimizer([pa, pb], name="sgd", learning_rate=1.0, clip_norm=2.5).step(size=N)
+    Optimizer([pa, pb], name="sgd", learning_rate=1.0, clip_norm=2.5, fused=fused).step(size=N)
     moved = torch.cat([pa.detach(), pb.detach()])
     assert moved.norm().item() == pytest.approx(2.5, rel=1e-5)  # clipped as a whole
     assert torch.allclose(moved, -0.5 * torch.cat([a, b]), rtol=1e-5)  # direction kept
     pa, pb = params_with_grads(a * N, b * N)
-    Optimizer([pa, pb], name="sgd", learning_rate=1.0, clip_norm=10.0).step(size=N)
+    Optimizer([pa, pb], name="sgd", learning_rate=1.0, clip_norm=10.0, fused=fused).step(size=N)
     assert torch.allclose(torch.cat([pa.detach(), pb.detach()]), -torch.cat([a, b]))  # no clip
+
+
+@pytest.mark.parametrize("clip_norm", [None, 0.3])
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_is_torch_adam_on_the_clipped_per_datapoint_gradient(float64, fused, clip_norm):
+    """Whatever folds in the 1/N (a fused kernel's grad_scale, or one multiplication with the
+    clip), the steps are torch.optim.Adam's on the per-datapoint gradient clipped by
+    clip_grad_norm_, to float64 rounding."""
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2, 3))]
+    reference = [torch.nn.Parameter(torch.zeros_like(p)) for p in ours]
+    optimizer = Optimizer(ours, learning_rate=0.01, clip_norm=clip_norm, fused=fused)
+    assert bool(optimizer.optimizer.param_groups[0]["fused"]) == fused
+    torch_adam = torch.optim.Adam(reference, lr=0.01, foreach=False)
+    for _ in range(4):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        for p, r, g in zip(ours, reference, grads):
+            p.grad, r.grad = g * N, g.clone()
+        optimizer.step(size=N)
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(reference, clip_norm)
+        torch_adam.step()
+        assert all(p.grad is None for p in ours)
+    for p, r in zip(ours, reference):
+        torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_fused_is_the_default_where_torch_has_it():
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert Optimizer([p]).optimizer.param_groups[0]["fused"]
+    assert not Optimizer([p], fused=False).optimizer.param_groups[0].get("fused")
 
 
 def test_plateau_halving_follows_the_authors_text_script():

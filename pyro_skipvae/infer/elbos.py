@@ -29,7 +29,6 @@ from pyro.infer import (
     ELBO,
     JitTrace_ELBO,
     RenyiELBO,
-    Trace_ELBO,
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
 )
@@ -39,6 +38,7 @@ from ..registry import Registry
 from .free_bits import FreeBitsELBO
 from .semi_amortized import SemiAmortizedSVI
 from .svi import SVI
+from .trace_elbo import Trace_ELBO
 
 
 class PerDatapointBound(ELBO):
@@ -189,7 +189,8 @@ ELBOS = Registry("elbo")
 
 @ELBOS.register("trace")
 def trace_elbo(num_particles=1):
-    """:class:`~pyro.infer.Trace_ELBO`: Monte-Carlo KL, works with any prior and guide."""
+    """:class:`~pyro.infer.Trace_ELBO`'s estimator (Monte-Carlo KL, works with any prior and
+    guide), as :class:`~pyro_skipvae.infer.trace_elbo.Trace_ELBO`: no host syncs."""
     _check_particles(num_particles)
     return Trace_ELBO(**_particles(num_particles))
 

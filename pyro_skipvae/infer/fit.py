@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteLossError
+from . import distributed
 from .annealing import LinearWarmup
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,15 @@ def random_batches(size: int, batch_size: int) -> Callable[[torch.Generator], li
         return list(order.split(batch_size))
 
     return batches
+
+
+def _to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """``x`` on ``device``. A copy from pageable host memory to a GPU waits for the GPU to
+    finish its queued work (a host round trip every step); from pinned memory it is queued
+    like a kernel, so the host keeps running ahead."""
+    if device is not None and torch.device(device).type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def train(
@@ -65,19 +75,27 @@ def train(
     is moved to ``device``. All randomness comes from ``generator`` and the global RNGs, so
     restoring both at an epoch boundary reproduces the rest of the run exactly.
 
+    **Data-parallel** (inside a :mod:`torch.distributed` process group, see
+    :mod:`~.distributed`): every rank draws the same global minibatches from an identically
+    seeded ``generator`` and steps on its contiguous slice of each
+    (:func:`~.distributed.shard_batches`), with the plate scale N / (its slice's size); the
+    inference object averages the gradients (as ours do in ``apply_gradients``).
+    ``train_elbo`` is summed over the ranks, so the record is the same on every rank and
+    ``on_epoch_end`` decides alike everywhere; only rank 0 shows progress.
+
     :raises NonFiniteLossError: on a NaN/inf loss, naming the step; nothing is saved for the
         failing epoch, so the caller's last checkpoint stays the last good one.
     """
     annealing = annealing or LinearWarmup(num_epochs=0)
     size = data.shape[0]
-    batches = batches or random_batches(size, batch_size)
+    batches = distributed.shard_batches(batches or random_batches(size, batch_size))
     collate = collate or (lambda d, index: d[index])
     num_batches = math.ceil(size / batch_size)
     records = []
     bar = tqdm(
         total=num_epochs * num_batches,
         initial=start_epoch * num_batches,
-        disable=not progress,
+        disable=not (progress and distributed.is_main()),
         # Redirected to a file, redraw rarely instead of writing thousands of updates.
         mininterval=0.1 if sys.stderr.isatty() else 15.0,
         unit="step",
@@ -92,7 +110,7 @@ def train(
             total, seen = 0.0, 0
             for batch, index in enumerate(epoch_batches):
                 beta = annealing(epoch + batch / len(epoch_batches))
-                x = collate(epoch_data, index).to(device)
+                x = _to_device(collate(epoch_data, index), device)
                 # Data were validated once up front; Pyro's per-step argument checks would
                 # repeat that work on every step (a measurable share of a step's time).
                 with pyro.validation_enabled(False):
@@ -109,6 +127,7 @@ def train(
                 bar.update()
                 if batch % 20 == 0:
                     bar.set_postfix(elbo=f"{total / seen:.2f}", beta=f"{beta:.2f}")
+            (total,) = distributed.sum_across_ranks(total)
             record = {"epoch": epoch + 1, "train_elbo": total / size, "beta": beta}
             if evaluate is not None:
                 for key, value in evaluate().items():

@@ -8,11 +8,18 @@ SGD with learning rate 1 for text, global norm clipped at 5 (Kim et al. 2018, co
 ``train_img.py``/``train_text.py``). Adam is almost invariant to that factor; SGD and the clip
 are not.
 
+**Cost.** The 1/N costs no pass over the gradients of its own: with a fused torch optimizer
+(the default where torch has one, on CPU and CUDA) it is handed to the optimizer's kernel as
+its ``grad_scale``, the hook torch's AMP uses to unscale gradients; with clipping it is folded
+into the clip's multiplication. ``benchmarks/overhead.py`` measures what this buys.
+
 The learning rate may be halved on a validation plateau as in the authors' text script: once
 the validation bound fails to improve after ``lr_decay_min_epochs`` epochs, the rate is halved
 at the end of that epoch *and every epoch after* (their ``args.decay`` flag stays set), and
 training stops once it falls below ``min_learning_rate``.
 """
+
+import inspect
 
 import torch
 
@@ -39,6 +46,9 @@ class Optimizer:
         the authors' ``min_epochs``).
     :param float min_learning_rate: with ``"plateau"``, stop once the rate falls below this
         (default 0: never; the authors' text script stops below 0.02 from 1).
+    :param bool fused: use the torch optimizer's fused (single-kernel) implementation
+        (default None: where it has one and every parameter is a floating-point tensor on
+        the CPU or a CUDA device). Same update, different rounding in the last bits.
 
     Used through :func:`~pyro_skipvae.infer.svi.apply_gradients`, it has the two methods of
     :class:`pyro.optim.PyroOptim` that checkpoints need, :meth:`get_state` / :meth:`set_state`.
@@ -54,6 +64,7 @@ class Optimizer:
         lr_decay="none",
         lr_decay_min_epochs=15,
         min_learning_rate=0.0,
+        fused=None,
     ):
         if lr_decay not in LR_DECAYS:
             raise ConfigError(
@@ -62,7 +73,13 @@ class Optimizer:
         if clip_norm is not None and not clip_norm > 0:
             raise ConfigError(f"clip_norm must be positive or None, found {clip_norm}")
         self.params = list(dict.fromkeys(params))  # unique, in a stable order
-        self.optimizer = OPTIMIZERS.get(name)(self.params, lr=learning_rate)
+        factory = OPTIMIZERS.get(name)
+        if fused is None:
+            fused = _fusable(factory, self.params)
+        self.optimizer = factory(
+            self.params, lr=learning_rate, **({"fused": True} if fused else {})
+        )
+        self._grad_scale = None  # (size, tensor) handed to a fused optimizer
         self.clip_norm = clip_norm
         self.lr_decay = lr_decay
         self.lr_decay_min_epochs = lr_decay_min_epochs
@@ -86,14 +103,34 @@ class Optimizer:
             )
 
     def step(self, *, size: int) -> None:
-        """Scale the gradients by 1/``size`` (per-datapoint loss), clip, step, release them."""
+        """Step on 1/``size`` of the gradients (the per-datapoint loss's), clipped; release them.
+
+        The clip is :func:`torch.nn.utils.clip_grad_norm_`'s, factor min(1, c / (‖g‖ + 1e-6))
+        on the per-datapoint gradient g, multiplied in together with the 1/``size``.
+        """
         grads = [p.grad for p in self.params if p.grad is not None]
-        if grads:
-            torch._foreach_mul_(grads, 1.0 / size)
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        scale = 1.0 / size
+        if grads and self.clip_norm is not None:
+            norms = [n.to(grads[0].device) for n in torch._foreach_norm(grads)]
+            norm = torch.linalg.vector_norm(torch.stack(norms)) / size
+            scale = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0) / size
+        if grads and self.optimizer.param_groups[0].get("fused") and not torch.is_tensor(scale):
+            self.optimizer.grad_scale = self._fused_grad_scale(size, grads[0].device)
+        elif grads:
+            self.optimizer.grad_scale = None
+            torch._foreach_mul_(grads, scale)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _fused_grad_scale(self, size, device):
+        # A fused optimizer divides every gradient by `grad_scale` inside its kernel; the
+        # tensor is made once (N is fixed for a run), so no step copies it to the device.
+        if self._grad_scale is None or self._grad_scale[0] != (size, device):
+            self._grad_scale = (
+                (size, device),
+                torch.tensor(float(size), dtype=torch.float32, device=device),
+            )
+        return self._grad_scale[1]
 
     def end_epoch(self, epoch: int, improved: bool) -> bool:
         """Apply the plateau rule after ``epoch`` (1-based); return True when training should
@@ -116,5 +153,21 @@ class Optimizer:
         return {"optimizer": self.optimizer.state_dict(), "decaying": self.decaying}
 
     def set_state(self, state: dict) -> None:
+        # The saved implementation flags (fused or not) come back with the state, so a resumed
+        # run continues with the kernels it started with: exactly the uninterrupted run.
         self.optimizer.load_state_dict(state["optimizer"])
         self.decaying = bool(state["decaying"])
+
+
+def _fusable(factory, params) -> bool:
+    """Whether ``factory`` (a torch optimizer class) takes ``fused=True`` for ``params``."""
+    try:
+        takes_fused = "fused" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return (
+        takes_fused
+        and bool(params)
+        and len({p.device for p in params}) == 1
+        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    )

@@ -106,14 +106,19 @@ class Refinement:
         return tuple(coords)
 
     # ------------------------------------------------------------------ the algorithm
-    def loss(self, model, guide, elbo, x, coords, *, beta=1.0):
+    def loss(self, model, guide, elbo, x, coords, *, beta=1.0, batch_size=None):
         """(1/B) Σ_i −ELBO_β(c⁻¹(u_i); x_i) through the Pyro ELBO's ``differentiable_loss``
-        (plate scale 1: no ``size``)."""
+        (plate scale 1: no ``size``); B is ``batch_size``, default ``len(x)``."""
         refined = functools.partial(guide, local_params=self.from_coordinates(coords))
-        return elbo.differentiable_loss(model, refined, x, beta=beta) / x.shape[0]
+        return elbo.differentiable_loss(model, refined, x, beta=beta) / (batch_size or x.shape[0])
 
-    def run(self, model, guide, elbo, x, init, *, beta=1.0, create_graph=False):
+    def run(self, model, guide, elbo, x, init, *, beta=1.0, create_graph=False, batch_size=None):
         """The K steps from the guide's λ₀ = ``init``.
+
+        ``batch_size`` is the B of the 1/B factor (default ``len(x)``): in data-parallel
+        training ``x`` is one rank's share of a global minibatch of B points, and dividing by
+        B keeps each datapoint's step η/B that of a 1-process run (the clip still sees only
+        this rank's share of the gradient tensor; see :mod:`~.semi_amortized`).
 
         With ``create_graph`` the result is differentiable w.r.t. ``init`` and every parameter
         the ELBO touches (end-to-end training); otherwise ``init`` is detached and each step's
@@ -130,7 +135,7 @@ class Refinement:
         first_grads = None
         with torch.enable_grad():
             for _ in range(self.num_refine_steps):
-                loss = self.loss(model, guide, elbo, x, coords, beta=beta)
+                loss = self.loss(model, guide, elbo, x, coords, beta=beta, batch_size=batch_size)
                 grads = torch.autograd.grad(loss, coords, create_graph=create_graph)
                 if first_grads is None:
                     first_grads = [g.detach() for g in grads]

@@ -33,6 +33,7 @@ from torch import nn
 from ..diagnostics.elbo import evaluate_elbo
 from ..errors import ConfigError
 from ..modes import evaluating
+from . import distributed
 from .refine import Refinement, refined_guide
 from .svi import apply_gradients
 
@@ -57,6 +58,16 @@ class SemiAmortizedSVI:
     **Refinement at evaluation** runs in minibatches of ``refine_batch_size`` (default: the
     largest training minibatch :meth:`step` has seen), because the update depends on B
     (see :mod:`~pyro_skipvae.infer.refine`).
+
+    **Data-parallel training.** Each rank refines the local parameters of its own share of
+    the global minibatch (they are per datapoint), dividing the refinement objective by the
+    *global* minibatch size B, so each datapoint moves by η/B times its gradient as in one
+    process; the refinement's gradient-norm clip acts on the rank's share of the gradient
+    tensor, which is never larger than the whole, so with the clip inactive (or never
+    binding) a W-process step equals the 1-process step on the same global minibatch. The
+    parameter gradients, second-order ones included, are averaged by
+    :func:`~pyro_skipvae.infer.svi.apply_gradients` (DDP's reducer would refuse the double
+    backward).
 
     **cuDNN and double backward.** cuDNN's RNN kernels have no double backward. In
     ``end-to-end`` mode on CUDA, when the model or guide contains an :class:`torch.nn.RNNBase`
@@ -192,8 +203,17 @@ class SemiAmortizedSVI:
         scale = (x.shape[0] if size is None else size) / x.shape[0]
         init = self.initial_params(x)
         end_to_end = self.mode == "end-to-end"
+        # The refinement's 1/B is the global minibatch's in data-parallel training.
+        batch = distributed.global_batch_size(x.shape[0])
         refined, start, first_grads = self.refinement.run(
-            self.model, self.guide, self.loss, x, init, beta=beta, create_graph=end_to_end
+            self.model,
+            self.guide,
+            self.loss,
+            x,
+            init,
+            beta=beta,
+            create_graph=end_to_end,
+            batch_size=batch,
         )
         if not end_to_end:
             refined = tuple(p.detach() for p in refined)
@@ -203,7 +223,7 @@ class SemiAmortizedSVI:
         if self.mode == "stop-gradient":
             # first_grads is ∇_{u₀} of the refinement objective (1/B) Σ −ELBO_β, the encoder's
             # own loss up to the factor B·scale that turns it into SVI's scale.
-            surrogate = surrogate + x.shape[0] * scale * sum(
+            surrogate = surrogate + batch * scale * sum(
                 (u * g).sum() for u, g in zip(start, first_grads)
             )
         elif self.mode == "kl":
@@ -229,7 +249,9 @@ class SemiAmortizedSVI:
         with self._rnn_context(), poutine.trace(param_only=True) as param_capture:
             loss, surrogate = self.loss_and_surrogate(x, size=size, beta=beta)
             surrogate.backward()
-        apply_gradients(self.optim, param_capture.trace, size=size or x.shape[0])
+        apply_gradients(
+            self.optim, param_capture.trace, size=size or x.shape[0], batch_size=x.shape[0]
+        )
         return loss.item()
 
     def evaluate_loss(self, x, *, size=None, beta=1.0):

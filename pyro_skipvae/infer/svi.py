@@ -7,6 +7,7 @@ from pyro import poutine
 
 from ..diagnostics.elbo import evaluate_elbo
 from ..modes import evaluating
+from . import distributed
 from .optim import Optimizer
 
 
@@ -32,8 +33,9 @@ class SVI(pyro.infer.SVI):
     def step(self, *args, **kwargs):
         with poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        size = kwargs.get("size") or (args[0].shape[0] if args else 1)
-        apply_gradients(self.optim, param_capture.trace, size=size)
+        batch_size = args[0].shape[0] if args else 1
+        size = kwargs.get("size") or batch_size
+        apply_gradients(self.optim, param_capture.trace, size=size, batch_size=batch_size)
         return loss.item() if hasattr(loss, "item") else float(loss)
 
     def evaluate_metrics(self, data, *, batch_size=500):
@@ -44,7 +46,7 @@ class SVI(pyro.infer.SVI):
         return {"elbo": result["elbo"], "kl": result["kl"]}
 
 
-def apply_gradients(optim, param_trace, *, size: int) -> None:
+def apply_gradients(optim, param_trace, *, size: int, batch_size: int) -> None:
     """One optimizer step on every parameter recorded in ``param_trace`` (from
     ``poutine.trace(param_only=True)`` around the backward pass), then release their
     gradients (``grad = None``, not a zero-filled copy).
@@ -52,8 +54,18 @@ def apply_gradients(optim, param_trace, *, size: int) -> None:
     With our :class:`~.optim.Optimizer` the step is on the per-datapoint gradient (1/``size``
     of Pyro's N-scaled one, see :mod:`~.optim`); with a :class:`pyro.optim.PyroOptim` it is
     Pyro's usual step on the N-scaled gradient.
+
+    In data-parallel training the gradients are first averaged over the ranks, weighted by
+    each rank's ``batch_size`` (its share of the global minibatch), so every replica takes the
+    step of the whole global minibatch (:func:`~.distributed.all_reduce_gradients`).
     """
-    params = {site["value"].unconstrained() for site in param_trace.nodes.values()}
+    # dict, not set: the trace's order is the same on every rank (the all-reduce needs one)
+    params = list(
+        dict.fromkeys(site["value"].unconstrained() for site in param_trace.nodes.values())
+    )
+    if distributed.active():
+        shared = optim.params if isinstance(optim, Optimizer) else params
+        distributed.all_reduce_gradients(shared, batch_size=batch_size)
     if isinstance(optim, Optimizer):
         optim.check_params(params)
         optim.step(size=size)

@@ -1,0 +1,420 @@
+"""Data-parallel training on torch.distributed (gloo on localhost): a 2-process run equals
+the 1-process run on the same global minibatches, trains as well on real MNIST, and resumes
+exactly after kill -9.
+
+Processes are started with ``torch.multiprocessing.spawn`` (rendezvous through a file in the
+test's temporary folder) or, for the command line, with torchrun's ``--standalone``
+rendezvous on localhost; every process group is destroyed before its process exits.
+"""
+
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.distributed
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+from pyro_skipvae.cli.main import cli
+
+from pyro_skipvae import ConfigError, SkipVAE
+from pyro_skipvae.guides import Guide
+from pyro_skipvae.infer import distributed
+
+# ---------------------------------------------------------------------- helpers
+
+
+def spawn(worker, *args, world_size=2, tmp_path):
+    """Run ``worker(rank, world_size, *args)`` in ``world_size`` fresh processes joined in a
+    gloo group."""
+    init_file = tmp_path / f"rendezvous-{time.monotonic_ns()}"
+    mp.spawn(_join, args=(world_size, str(init_file), worker, args), nprocs=world_size, join=True)
+
+
+def _join(rank, world_size, init_file, worker, args):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        worker(rank, world_size, *args)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+class _FixedNoiseNormal(dist.Normal):
+    """Normal(loc, scale) whose draws are loc + scale · ε with ε given: the sampling noise
+    held fixed, so runs that split a minibatch differently can be compared exactly."""
+
+    def __init__(self, loc, scale, eps):
+        super().__init__(loc, scale)
+        self.eps = eps
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape)
+        return _FixedNoiseNormal(
+            self.loc.expand(shape), self.scale.expand(shape), self.eps.expand(shape)
+        )
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.loc + self.scale * self.eps
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.rsample().detach()
+
+
+class FixedNoiseGuide(Guide):
+    """The amortized guide with ε a fixed function of the datapoint (a random projection of
+    x), the same whichever process and minibatch x falls in."""
+
+    def __init__(self, encoder, data_size):
+        super().__init__(encoder)
+        g = torch.Generator().manual_seed(123)
+        self.projection = torch.randn(data_size, encoder.latent_dim, generator=g) / 10
+
+    def distribution(self, loc, log_var, eps=None):
+        return _FixedNoiseNormal(loc, (0.5 * log_var).exp(), eps).to_event(1)
+
+    def forward(self, x, *, size=None, beta=1.0, local_params=None):
+        import pyro
+        from pyro import poutine
+
+        from pyro_skipvae.sites import LATENT_SITE, data_plate
+
+        loc, log_var = self.local_params(x) if local_params is None else local_params
+        eps = x.flatten(1).to(self.projection.dtype) @ self.projection
+        with data_plate(x, size), poutine.scale(scale=beta):
+            return pyro.sample(LATENT_SITE, self.distribution(loc, log_var, eps))
+
+
+def fit_fixed_noise(train, val, options):
+    """A tiny float64 skip-VAE with fixed sampling noise, fitted; returns (history, weights)."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        train, val = train.double(), val.double()
+        vae = SkipVAE(train.shape[1:], latent_dim=3, hidden_dims=(16, 16), seed=0)
+        vae.guide = FixedNoiseGuide(vae.guide.encoder, train[0].numel())
+        history = vae.fit(train, val=val, **options)
+    finally:
+        torch.set_default_dtype(dtype)
+    weights = {**vae.model.state_dict(), **vae.guide.state_dict()}
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history], weights
+
+
+FIT = {"num_epochs": 2, "binarize": "dynamic", "kl_warmup_epochs": 1, "seed": 4, "batch_size": 51}
+INFERENCES = {
+    "svi": {"inference": "svi"},
+    "sa-end-to-end": {
+        "inference": "semi-amortized",
+        "inference_options": {
+            "mode": "end-to-end",
+            "num_refine_steps": 2,
+            # the clip sees each rank's share of the refinement gradient (see
+            # SemiAmortizedSVI); without it the steps are the 1-process steps exactly
+            "refine_max_grad_norm": None,
+        },
+    },
+}
+
+
+def _worker(rank, world_size, train, val, out):
+    """Everything the 2-process checks need, in one start of the processes (they are slow
+    to start): the helpers' checks (their failure recorded, not raised) and the fits."""
+    try:
+        check_helpers(rank)
+        helpers = None
+    except Exception:
+        helpers = traceback.format_exc()
+    fits = {name: fit_fixed_noise(train, val, {**FIT, **o}) for name, o in INFERENCES.items()}
+    torch.save({"helpers": helpers, "fits": fits}, f"{out}.{rank}")
+
+
+@pytest.fixture(scope="module")
+def two_process_results(mnist, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("spawned")
+    # train: global minibatches of 51, 51, 51, 47 (shards 26/25 and 24/23); val: two whole
+    # refinement chunks of 51, so 1 and 2 processes refine the same chunks at evaluation
+    train, val = mnist.train[:200], mnist.val[:102]
+    spawn(_worker, train, val, str(tmp_path / "out"), tmp_path=tmp_path)
+    return train, val, [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in (0, 1)]
+
+
+# ---------------------------------------------------------------------- equivalence
+
+
+@pytest.mark.parametrize("inference", INFERENCES)
+def test_two_process_steps_equal_one_process_steps(two_process_results, float64, inference):
+    """With the sampling noise fixed, two gloo processes sharing each global minibatch of 51
+    (unequal shards) reach the parameters, train ELBO and validation metrics of one process
+    stepping on the whole minibatches, to float64 rounding."""
+    train, val, results = two_process_results
+    expected_history, expected_weights = fit_fixed_noise(
+        train, val, {**FIT, **INFERENCES[inference]}
+    )
+    for result in results:
+        history, weights = result["fits"][inference]
+        assert len(history) == len(expected_history) == 2
+        # Adam divides by sqrt(v) + 1e-8: where a gradient is nearly zero, a rounding
+        # difference δ of the rank-summed gradient moves the weight by up to lr·δ/1e-8
+        # (lr 1e-3, δ ~ 1e-14 for N-scaled gradients of size ~1e2): atol 1e-7; validation
+        # metrics computed from those weights then agree to ~1e-7 relative.
+        for name, value in expected_weights.items():
+            torch.testing.assert_close(weights[name], value, rtol=1e-9, atol=1e-7)
+        for got, want in zip(history, expected_history):
+            assert got.keys() == want.keys()
+            for key in want:
+                # `prepare` keeps data in float32, so log p(x|z), and with it the reported
+                # loss (not its gradient), is a float32 sum whose rounding depends on how
+                # the minibatch is split: relative error ~1e-7 in train_elbo.
+                rel = 1e-6 if key == "train_elbo" else 1e-7
+                assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-9), key
+    # the run actually moved the weights (the comparison is not of two initialisations)
+    fresh = SkipVAE(train.shape[1:], latent_dim=3, hidden_dims=(16, 16), seed=0)
+    name = "decoder.layers.2.weight"
+    assert not torch.allclose(fresh.model.state_dict()[name], expected_weights[name])
+
+
+def check_helpers(rank):
+    # shard_batches: disjoint contiguous slices of every global minibatch; a minibatch smaller
+    # than the world is skipped on every rank
+    batches = distributed.shard_batches(
+        lambda g: [torch.arange(5), torch.arange(5, 10), torch.tensor([10])]
+    )
+    got = list(batches(None))
+    assert [t.tolist() for t in got] == ([[0, 1, 2], [5, 6, 7]] if rank == 0 else [[3, 4], [8, 9]])
+    assert distributed.shard(torch.arange(5)).tolist() == ([0, 1, 2] if rank == 0 else [3, 4])
+
+    # all_reduce_gradients: Σ_r B_r G_r / Σ_r B_r; a gradient on one rank only counts as
+    # zero elsewhere; a parameter without gradient anywhere keeps None; several buckets
+    shared, one_sided, unused = (
+        torch.zeros(3, dtype=torch.float64, requires_grad=True) for _ in range(3)
+    )
+    batch = [3, 1][rank]
+    shared.grad = torch.full((3,), [1.0, 5.0][rank], dtype=torch.float64)
+    if rank == 1:
+        one_sided.grad = torch.ones(3, dtype=torch.float64)
+    distributed.all_reduce_gradients([shared, one_sided, unused], batch_size=batch, bucket_bytes=8)
+    torch.testing.assert_close(
+        shared.grad, torch.full((3,), (3 * 1.0 + 1 * 5.0) / 4, dtype=torch.float64)
+    )
+    torch.testing.assert_close(one_sided.grad, torch.full((3,), 1 * 1.0 / 4, dtype=torch.float64))
+    assert unused.grad is None
+
+    metrics = distributed.mean_across_ranks({"elbo": [-1.0, -4.0][rank], "name": "x"}, [1, 2][rank])
+    assert metrics == {"elbo": pytest.approx((-1.0 - 8.0) / 3), "name": "x"}
+    assert distributed.global_batch_size(batch) == 4
+    assert distributed.all_gather_objects({"t": torch.tensor([rank])}) == [
+        {"t": torch.tensor([0])},
+        {"t": torch.tensor([1])},
+    ]
+    assert distributed.broadcast_object(f"rank {rank}") == "rank 0"
+    if rank == 0:
+        assert distributed.rank_seed(7) == 7
+    else:
+        assert distributed.rank_seed(7) != 7
+
+
+def test_distributed_helpers_on_two_processes(two_process_results):
+    for rank, result in enumerate(two_process_results[2]):
+        assert result["helpers"] is None, f"rank {rank}: {result['helpers']}"
+
+
+def test_helpers_are_the_identity_in_one_process():
+    assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
+    batches = lambda g: [torch.arange(3)]  # noqa: E731
+    assert distributed.shard_batches(batches) is batches
+    data = torch.arange(4)
+    assert distributed.shard(data) is data
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = g = torch.ones(2)
+    distributed.all_reduce_gradients([p], batch_size=7)
+    assert p.grad is g
+    assert distributed.sum_across_ranks(1.5, 2.0) == [1.5, 2.0]
+    assert distributed.rank_seed(11) == 11
+
+
+def test_cuda_means_this_process_gpu_under_torchrun(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert distributed.resolve_device("cuda") == torch.device("cuda", 3)
+    assert distributed.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert distributed.resolve_device(None) == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert distributed.resolve_device("cuda") == torch.device("cuda")
+
+
+# ---------------------------------------------------------------------- the command line
+
+SMALL = [
+    "--train-size",
+    "500",
+    "--val-size",
+    "200",
+    "--latent-dim",
+    "4",
+    "--hidden-dims",
+    "32,32",
+    "--kl-warmup-epochs",
+    "1",
+    "--batch-size",
+    "50",
+    "--num-epochs",
+    "4",
+    "--quiet",
+]
+
+
+def skipvae_executable():
+    found = shutil.which("skipvae") or str(Path(sys.executable).with_name("skipvae"))
+    assert os.path.exists(found), "the console script `skipvae` must be installed"
+    return found
+
+
+def torchrun(*args):
+    """``torchrun --standalone --nproc_per_node 2 $(which skipvae) fit ...`` (localhost)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        skipvae_executable(),
+        "fit",
+        *args,
+    ]
+
+
+def records(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, data_dir):
+    """A 2-process run through `skipvae fit --nproc 2` (4 epochs of 500 MNIST images)."""
+    out = tmp_path_factory.mktemp("two-process") / "run"
+    args = ["fit", "--data-dir", str(data_dir), *SMALL, "--seed", "5", "--out", str(out)]
+    done = subprocess.run(
+        [skipvae_executable(), *args, "--nproc", "2"], env=_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_two_process_fit_writes_one_run_folder(two_process_run):
+    out, stdout = two_process_run
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
+    assert stdout.count("results in") == 1, "only rank 0 prints"
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["world_size"] == 2
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert len(state["rng"]) == 2, "every rank's random state is saved"
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"]), (
+        "ranks draw independent noise"
+    )
+    assert [r["epoch"] for r in records(out)] == [1, 2, 3, 4]
+
+
+def test_two_processes_train_as_well_as_one(two_process_run, mnist):
+    """The validation ELBO after 4 epochs with 2 processes lies within the seed-to-seed noise
+    of the 1-process run: inside the 99.9% prediction interval of 8 single-process seeds
+    (Student t with 7 degrees of freedom, t = 5.408)."""
+    out, _ = two_process_run
+    two = records(out)[-1]["val_elbo"]
+    ones = []
+    for seed in range(8):
+        vae = SkipVAE(mnist.data_shape, latent_dim=4, hidden_dims=(32, 32), seed=seed)
+        history = vae.fit(
+            mnist.train,
+            val=mnist.val,
+            num_epochs=4,
+            batch_size=50,
+            binarize="dynamic",
+            kl_warmup_epochs=1,
+            seed=seed,
+        )
+        ones.append(history[-1]["val_elbo"])
+    mean, sd = statistics.mean(ones), statistics.stdev(ones)
+    half_width = 5.408 * sd * math.sqrt(1 + 1 / len(ones))
+    assert abs(two - mean) < half_width, (two, ones)
+
+
+def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(
+    two_process_run, tmp_path, data_dir
+):
+    """torchrun with 2 processes, SIGKILL to the whole process group after epoch 2, then
+    --resume: metrics and weights equal the uninterrupted 2-process run's exactly."""
+    full, _ = two_process_run
+    killed = tmp_path / "killed"
+    args = ["--data-dir", str(data_dir), *SMALL, "--seed", "5", "--out", str(killed)]
+    process = subprocess.Popen(
+        torchrun(*args),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the launcher and both workers
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            metrics = killed / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the run finished before it could be killed"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    done = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert 2 <= done < 4
+
+    resumed = subprocess.run(
+        torchrun(*args, "--resume"), env=_env(), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert records(killed) == records(full)
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
+    for part in ("model", "guide"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+
+
+def test_resume_with_another_number_of_processes_is_refused(two_process_run, tmp_path, data_dir):
+    out = tmp_path / "run"
+    shutil.copytree(two_process_run[0], out)
+    args = ["fit", "--data-dir", str(data_dir), *SMALL, "--seed", "5", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--num-epochs", "5", "--resume"])
+    assert result.exit_code == 2
+    assert "trained by 2 process(es), this is 1" in result.output
+    assert "--nproc 2" in result.output
+    with pytest.raises(ConfigError, match="trained by 2 process"):
+        SkipVAE((1, 28, 28), latent_dim=4, hidden_dims=(32, 32)).fit(
+            torch.zeros(10, 1, 28, 28), run_dir=out, resume=True, num_epochs=5
+        )
+
+
+def test_nproc_under_a_launcher_is_a_usage_error(monkeypatch, data_dir):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(cli, ["fit", "--data-dir", str(data_dir), "--nproc", "2"])
+    assert result.exit_code == 2
+    assert "omit --nproc" in result.output
