@@ -333,11 +333,15 @@ def cli(verbose):
     help="Text: drop sentences of more than this many words from every split  [default: keep all]",
 )
 @click.option(
-    "--decoder", default=None, help=COMPONENTS["decoder"] + PLUGIN + TEXT_DEFAULT.format("lstm", "mlp")
+    "--decoder",
+    default=None,
+    help=COMPONENTS["decoder"] + PLUGIN + TEXT_DEFAULT.format("lstm", "mlp"),
 )
 @component_options("decoder")
 @click.option(
-    "--encoder", default=None, help=COMPONENTS["encoder"] + PLUGIN + TEXT_DEFAULT.format("lstm", "mlp")
+    "--encoder",
+    default=None,
+    help=COMPONENTS["encoder"] + PLUGIN + TEXT_DEFAULT.format("lstm", "mlp"),
 )
 @component_options("encoder")
 @click.option(

@@ -5,6 +5,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+
 from pyro_skipvae.cli.main import cli
 
 YAML = """\

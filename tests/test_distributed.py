@@ -25,9 +25,9 @@ import torch
 import torch.distributed
 import torch.multiprocessing as mp
 from click.testing import CliRunner
-from pyro_skipvae.cli.main import cli
 
 from pyro_skipvae import ConfigError, SkipVAE
+from pyro_skipvae.cli.main import cli
 from pyro_skipvae.guides import Guide
 from pyro_skipvae.infer import distributed
 

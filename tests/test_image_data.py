@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from pyro_skipvae.cli import main as cli_main
 from scipy.io import savemat
 
+from pyro_skipvae.cli import main as cli_main
 from pyro_skipvae.data import (
     DEFAULT_BINARIZATION,
     IMAGE_DATASETS,

@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
-from pyro_skipvae.cli.main import cli
 
 from pyro_skipvae import ConfigError, SkipVAE
+from pyro_skipvae.cli.main import cli
 from pyro_skipvae.models import PRIORS
 
 MODULE = "skipvae_test_plugin"
@@ -160,7 +160,6 @@ def test_cli_fit_resume_and_diagnose_with_a_plugin_from_the_current_directory(
 
 def test_the_cli_help_lists_every_built_in_component():
     import pyro_skipvae.cli.main as cli_main
-
     from pyro_skipvae.guides import ENCODERS, GUIDES
     from pyro_skipvae.infer import ELBOS, INFERENCES
     from pyro_skipvae.models import DECODERS, LIKELIHOODS

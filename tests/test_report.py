@@ -10,8 +10,8 @@ import struct
 import pytest
 from click.testing import CliRunner
 from headless_chromium import Chromium, find_chromium
-from pyro_skipvae.cli.main import cli
 
+from pyro_skipvae.cli.main import cli
 from pyro_skipvae.data.paths import resolve_data_dir
 from pyro_skipvae.errors import SkipVAEError
 from pyro_skipvae.report import build_report, collapse_verdict, psis_verdict

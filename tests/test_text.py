@@ -378,6 +378,7 @@ def text_run(tmp_path_factory, data_dir):
 
 def run_cli(*args):
     from click.testing import CliRunner
+
     from pyro_skipvae.cli.main import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
@@ -468,7 +469,6 @@ def test_yahoo_without_its_training_file_exits_1_naming_it(data_dir):
 
 def test_cli_mirrors_the_library():
     from pyro_skipvae.cli import main
-
     from pyro_skipvae.data import IMAGE_DATASETS, TEXT_DATASETS
 
     assert set(main.IMAGE_DATASETS) == set(IMAGE_DATASETS)
