@@ -21,6 +21,10 @@ class Encoder(nn.Module):
     :param int latent_dim: size of z.
     """
 
+    #: whether the encoder reads discrete symbols (token ids) rather than real values; a
+    #: prior that feeds it learned continuous inputs (VampPrior) refuses such an encoder
+    discrete_inputs = False
+
     def __init__(self, data_shape: tuple[int, ...], latent_dim: int):
         super().__init__()
         self.data_shape = tuple(data_shape)

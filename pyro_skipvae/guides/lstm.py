@@ -29,6 +29,8 @@ class LSTMEncoder(Encoder):
     :param int pad_index: padding id (default 0).
     """
 
+    discrete_inputs = True
+
     def __init__(
         self,
         data_shape,

@@ -124,6 +124,11 @@ class VampPrior(Prior):
                 f"VampPrior: encoder latent_dim {encoder.latent_dim} != prior latent_dim "
                 f"{self.latent_dim}"
             )
+        if getattr(encoder, "discrete_inputs", False):
+            raise ConfigError(
+                f"VampPrior: the {type(encoder).__name__} reads token ids, so it cannot encode "
+                "learned continuous pseudo-inputs; use another prior with this encoder"
+            )
         self._encoder = (encoder,)
         if self.pseudo_logits is None:
             data_shape = tuple(encoder.data_shape)
