@@ -65,13 +65,22 @@ def read_config(run_dir) -> dict:
         raise CheckpointError(f"{path} is unreadable ({e})") from None
 
 
-def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-    """``(section.key, saved, current)`` for every setting that differs and matters on resume."""
+def config_differences(
+    saved: dict, current: dict, defaults: dict | None = None
+) -> list[tuple[str, object, object]]:
+    """``(section.key, saved, current)`` for every setting that differs and matters on resume.
+
+    :param dict defaults: per section, the value a setting had before it existed: a run saved
+        by an older version lacks the settings added since, and those count as unchanged
+        when the current value is that default.
+    """
     differences = []
     for section in ("model", "train", "run"):
         a, b = saved.get(section, {}), current.get(section, {})
+        old = (defaults or {}).get(section, {})
         for key in sorted(set(a) | set(b)):
-            if (section, key) not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
+            before = a[key] if key in a else old.get(key)
+            if (section, key) not in RESUMABLE_CHANGES and before != b.get(key):
                 differences.append((f"{section}.{key}", a.get(key), b.get(key)))
     return differences
 
@@ -86,11 +95,13 @@ class Run:
     :param optimizer: anything with ``get_state``/``set_state`` (our
         :class:`~pyro_skipvae.infer.optim.Optimizer` or a :class:`pyro.optim.PyroOptim`).
     :param torch.Generator generator: the data-order generator.
+    :param dict defaults: see :func:`config_differences`.
     """
 
-    def __init__(self, path, config, *, model, guide, optimizer, generator):
+    def __init__(self, path, config, *, model, guide, optimizer, generator, defaults=None):
         self.path = None if path is None else Path(path)
         self.config = config
+        self.defaults = defaults
         self.model, self.guide = model, guide
         self.optimizer = optimizer
         self.generator = generator
@@ -142,7 +153,7 @@ class Run:
                     f"{now}; every process's random state is restored, so resume with the same "
                     f"number (torchrun --nproc_per_node {before}, or skipvae fit --nproc {before})"
                 )
-            differences = config_differences(saved, self.config)
+            differences = config_differences(saved, self.config, self.defaults)
             if differences:
                 raise ConfigError(
                     f"cannot resume {self.path}: its configuration differs in "

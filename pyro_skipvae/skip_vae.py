@@ -12,7 +12,7 @@
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import pyro
@@ -174,6 +174,11 @@ class TrainConfig:
         values = asdict(self)
         values["elbo"], values["inference"] = _name(self.elbo), _name(self.inference)
         return _plain(values)
+
+
+def _defaults(config_class) -> dict:
+    """The JSON form of a config dataclass's field defaults."""
+    return _plain({f.name: f.default for f in fields(config_class) if f.default is not MISSING})
 
 
 def _name(component) -> str:
@@ -413,6 +418,7 @@ class SkipVAE:
             guide=self.guide,
             optimizer=optimizer,
             generator=generator,
+            defaults={"model": _defaults(ModelConfig), "train": _defaults(TrainConfig)},
         )
         run.start(resume=resume)
         distributed.broadcast_states(self.model, self.guide)
