@@ -3,13 +3,14 @@ finished ones, a failed cell recorded without stopping the sweep."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from pyro_skipvae.cli.main import cli
 from pyro_skipvae.errors import ConfigError
-from pyro_skipvae.sweep import COLUMNS, command_arguments, expand_grid
+from pyro_skipvae.sweep import COLUMNS, command_arguments, expand_grid, read_config_file
 
 FIT = {
     "dataset": "mnist",
@@ -104,3 +105,19 @@ def test_a_real_sweep_resumes_and_records_failures(tmp_path, data_dir, monkeypat
     result = CliRunner().invoke(cli, ["sweep", str(grid), "--out", str(out), "--quiet"])
     assert "3 cells: 0 run, 2 already done, 1 failed" in result.output
     assert (out / "cells" / "skip=true" / "diagnostics.json").stat().st_mtime_ns == stamp
+
+
+GRIDS = sorted((Path(__file__).parent.parent / "benchmarks" / "grids").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.name)
+def test_the_committed_grids_use_only_real_options(grid):
+    # Every cell's fit and diagnose arguments parse as the CLI's own (a typo in a grid file
+    # would otherwise fail only hours into a sweep).
+    from pyro_skipvae.cli.main import diagnose, fit
+
+    cells = expand_grid(read_config_file(grid))
+    assert cells
+    for cell in cells:
+        fit.make_context("fit", [*command_arguments(cell.fit), "--out", "run"])
+        diagnose.make_context("diagnose", ["run", *command_arguments(cell.diagnose)])
