@@ -2,6 +2,9 @@
 $SKIPVAE_DATA_DIR); decompressed copies go to a per-session temporary cache."""
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import pyro
 import pytest
@@ -54,3 +57,11 @@ def tiny_options():
 def binary(shape, seed=0):
     """Synthetic binary tensor (for shape tests only, not a stand-in for a data set)."""
     return torch.bernoulli(torch.full(shape, 0.3), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def skipvae_exe():
+    """The installed console script ``skipvae`` (the tests run it as a user would)."""
+    found = shutil.which("skipvae") or str(Path(sys.executable).with_name("skipvae"))
+    assert os.path.exists(found), "the console script `skipvae` must be installed"
+    return found

@@ -2,12 +2,9 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,12 +25,6 @@ SMALL = [
     "1",
     "--quiet",
 ]
-
-
-def skipvae_executable():
-    found = shutil.which("skipvae") or str(Path(sys.executable).with_name("skipvae"))
-    assert os.path.exists(found), "the console script `skipvae` must be installed"
-    return found
 
 
 def run_cli(*args):
@@ -134,9 +125,9 @@ def test_resume_against_another_config_is_a_usage_error(tmp_path, data_dir):
     )
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir, skipvae_exe):
     """A run killed with SIGKILL mid-training and resumed ends identical to one never stopped."""
-    exe = skipvae_executable()
+    exe = skipvae_exe
     args = ["fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "6", "--seed", "5"]
     env = {**os.environ, "SKIPVAE_CACHE_DIR": os.environ["SKIPVAE_CACHE_DIR"]}
     subprocess.run(
@@ -177,9 +168,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
 
 
-def test_installed_command_help():
+def test_installed_command_help(skipvae_exe):
     result = subprocess.run(
-        [skipvae_executable(), "fit", "--help"], capture_output=True, text=True, check=True
+        [skipvae_exe, "fit", "--help"], capture_output=True, text=True, check=True
     )
     for flag in (
         "--skip / --no-skip",

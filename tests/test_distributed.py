@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import pyro.distributions as dist
 import pytest
@@ -274,13 +273,7 @@ SMALL = [
 ]
 
 
-def skipvae_executable():
-    found = shutil.which("skipvae") or str(Path(sys.executable).with_name("skipvae"))
-    assert os.path.exists(found), "the console script `skipvae` must be installed"
-    return found
-
-
-def torchrun(*args):
+def torchrun(exe, *args):
     """``torchrun --standalone --nproc_per_node 2 $(which skipvae) fit ...`` (localhost)."""
     return [
         sys.executable,
@@ -288,7 +281,7 @@ def torchrun(*args):
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        skipvae_executable(),
+        exe,
         "fit",
         *args,
     ]
@@ -304,12 +297,12 @@ def _env():
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, data_dir):
+def two_process_run(tmp_path_factory, data_dir, skipvae_exe):
     """A 2-process run through `skipvae fit --nproc 2` (4 epochs of 500 MNIST images)."""
     out = tmp_path_factory.mktemp("two-process") / "run"
     args = ["fit", "--data-dir", str(data_dir), *SMALL, "--seed", "5", "--out", str(out)]
     done = subprocess.run(
-        [skipvae_executable(), *args, "--nproc", "2"], env=_env(), capture_output=True, text=True
+        [skipvae_exe, *args, "--nproc", "2"], env=_env(), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
@@ -359,7 +352,7 @@ def test_two_processes_train_as_well_as_one(two_process_run, mnist):
 
 
 def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(
-    two_process_run, tmp_path, data_dir
+    two_process_run, tmp_path, data_dir, skipvae_exe
 ):
     """torchrun with 2 processes, SIGKILL to the whole process group after epoch 2, then
     --resume: metrics and weights equal the uninterrupted 2-process run's exactly."""
@@ -367,7 +360,7 @@ def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(
     killed = tmp_path / "killed"
     args = ["--data-dir", str(data_dir), *SMALL, "--seed", "5", "--out", str(killed)]
     process = subprocess.Popen(
-        torchrun(*args),
+        torchrun(skipvae_exe, *args),
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -389,7 +382,7 @@ def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(
     assert 2 <= done < 4
 
     resumed = subprocess.run(
-        torchrun(*args, "--resume"), env=_env(), capture_output=True, text=True
+        torchrun(skipvae_exe, *args, "--resume"), env=_env(), capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert records(killed) == records(full)
