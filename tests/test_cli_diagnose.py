@@ -9,19 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from pyro_skipvae.cli.main import cli
-from pyro_skipvae.data.paths import resolve_data_dir
-from pyro_skipvae.errors import SkipVAEError
-
-
-def _mnist_available():
-    try:
-        resolve_data_dir(None, expected="MNIST/raw/*-ubyte.gz")
-        return True
-    except SkipVAEError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _mnist_available(), reason="MNIST not found")
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ from click.testing import CliRunner
 from headless_chromium import Chromium, find_chromium
 
 from pyro_skipvae.cli.main import cli
-from pyro_skipvae.data.paths import resolve_data_dir
-from pyro_skipvae.errors import SkipVAEError
 from pyro_skipvae.report import build_report, collapse_verdict, psis_verdict
 from pyro_skipvae.report.content import config_rows, diagnostics_rows, history_rows
 from pyro_skipvae.report.figures import training_curves
@@ -34,17 +32,6 @@ SECTIONS = [
     "glossary",
 ]
 FIGURES = ["kl_per_dim", "embedding", "reconstructions", "samples", "traversals"]
-
-
-def _mnist_available():
-    try:
-        resolve_data_dir(None, expected="MNIST/raw/*-ubyte.gz")
-        return True
-    except SkipVAEError:
-        return False
-
-
-needs_mnist = pytest.mark.skipif(not _mnist_available(), reason="MNIST not found")
 
 
 def _invoke(*args):
@@ -76,7 +63,6 @@ def _png_size(data: bytes):
 
 
 # ---------------------------------------------------------------------------- the browser test
-@needs_mnist
 def test_comparison_page_in_headless_chromium(runs, tmp_path):
     if find_chromium() is None:
         pytest.skip(
@@ -128,7 +114,6 @@ def test_comparison_page_in_headless_chromium(runs, tmp_path):
 
 
 # ---------------------------------------------------------------------------- pages without a browser
-@needs_mnist
 def test_undiagnosed_run_gets_its_training_and_the_command_to_diagnose_it(runs):
     html = build_report([runs["undiagnosed"]])
     assert 'id="training"' in html and 'id="diagnostics"' in html
@@ -143,7 +128,6 @@ def test_undiagnosed_run_gets_its_training_and_the_command_to_diagnose_it(runs):
     assert both.count("<img ") == 1 + len(FIGURES)
 
 
-@needs_mnist
 def test_diagnose_report_writes_the_page_beside_the_json(runs):
     html = (runs["skip"] / "diagnostics.html").read_text()
     assert html.count("data:image/png;base64,") == 1 + len(FIGURES)
@@ -152,7 +136,6 @@ def test_diagnose_report_writes_the_page_beside_the_json(runs):
     assert "<script" not in html
 
 
-@needs_mnist
 def test_sentences_of_text_models_get_their_own_section(runs, tmp_path):
     # A text model's diagnose names a Markdown file of decoded sentences ("text") in its
     # JSON. Here the real run's image figures are swapped for such a file (its sentences are
@@ -177,7 +160,6 @@ def test_sentences_of_text_models_get_their_own_section(runs, tmp_path):
     assert "has not been diagnosed yet" not in html
 
 
-@needs_mnist
 def test_report_command_errors(runs, tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "nothing"), "--out", "x.html"])
     assert result.exit_code == 1 and "expected a run directory" in result.output
