@@ -7,6 +7,8 @@ data set.
 """
 
 import math
+import os
+import stat
 
 import pyro
 import pyro.distributions as dist
@@ -164,6 +166,18 @@ def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_partial_one(tmp_
             open(tmp, "w").write("half a line")
             raise RuntimeError("disk full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path):
+    # mkstemp's private 0600 must not leak into results users share (reports, JSON)
+    old = os.umask(0o022)
+    try:
+        checkpoint.atomic_write_text(tmp_path / "report.html", "<p>hi</p>")
+        (tmp_path / "plain.html").write_text("<p>hi</p>")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "report.html").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.html").stat().st_mode) == 0o644
 
 
 # ---------------------------------------------------------------- binarisation noise
