@@ -52,7 +52,6 @@ DEFAULT_COMPONENTS = {
 #: how the defaults of the components text data sets imply read in --help
 TEXT_DEFAULT = "  [default: {} for text data sets, else {}]"
 PLUGIN = " | module:attribute"
-CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _fail(message: str, status: int):
@@ -180,32 +179,13 @@ DEVICE_OPTION = click.option("--device", type=Device(), default="cpu", help="cpu
 
 def read_config_file(path) -> dict:
     """The mapping in a YAML or JSON file (by suffix); a usage error if it is not one."""
-    import pathlib
+    from pyro_skipvae.config_files import read_mapping
+    from pyro_skipvae.errors import ConfigError
 
-    path = pathlib.Path(path)
-    if path.suffix.lower() not in CONFIG_SUFFIXES:
-        raise click.BadParameter(
-            f"expected a {', '.join(CONFIG_SUFFIXES)} file, found {path.name!r}",
-            param_hint="--config",
-        )
     try:
-        text = path.read_text()
-        if path.suffix.lower() == ".json":
-            values = json.loads(text)
-        else:
-            import yaml
-
-            values = yaml.safe_load(text)
-    except Exception as e:  # unreadable or malformed: one line, exit 2
-        raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--config") from None
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise click.BadParameter(
-            f"{path}: expected a mapping of option names to values, found {type(values).__name__}",
-            param_hint="--config",
-        )
-    return values
+        return read_mapping(path)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--config") from None
 
 
 def _config_keys(command) -> dict:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint
+from .config_files import read_mapping
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -64,29 +65,6 @@ class Cell:
     grid: str
     fit: dict
     diagnose: dict
-
-
-def read_config_file(path) -> dict:
-    """A YAML (``.yaml``/``.yml``) or JSON file holding a mapping."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path} ({e})") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            content = yaml.safe_load(text)
-        else:
-            content = json.loads(text)
-    except Exception as e:  # yaml.YAMLError or json.JSONDecodeError
-        raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()} ({e})") from None
-    if not isinstance(content, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping at the top level, found {type(content).__name__}"
-        )
-    return content
 
 
 def expand_grid(spec: dict) -> list[Cell]:
@@ -167,7 +145,7 @@ def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None) -> dict:
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, found {jobs!r}")
-    cells = expand_grid(read_config_file(grid_file))
+    cells = expand_grid(read_mapping(grid_file))
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     rows = _read_rows(out / RESULTS_FILE)

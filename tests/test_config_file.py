@@ -90,9 +90,9 @@ def test_renyi_alpha_needs_the_renyi_elbo():
     "name, text, message",
     [
         ("run.yaml", "latent_dim: 4\nlatnet_dim: 3\n", "unknown key 'latnet_dim'"),
-        ("run.yaml", "- 1\n- 2\n", "expected a mapping of option names to values, found list"),
-        ("run.yaml", "a: [1\n", "cannot read"),
-        ("run.json", "{", "cannot read"),
+        ("run.yaml", "- 1\n- 2\n", "expected a mapping at the top level, found list"),
+        ("run.yaml", "a: [1\n", "is not valid YAML"),
+        ("run.json", "{", "is not valid JSON"),
         ("run.toml", "x = 1", "expected a .yaml, .yml, .json file"),
         ("run.yaml", "decoder_options: 3\n", "expected a mapping such as"),
         ("run.yaml", "latent_dim: zero\n", "'zero' is not a valid integer"),

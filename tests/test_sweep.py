@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from pyro_skipvae.cli.main import cli
+from pyro_skipvae.config_files import read_mapping
 from pyro_skipvae.errors import ConfigError
-from pyro_skipvae.sweep import COLUMNS, command_arguments, expand_grid, read_config_file
+from pyro_skipvae.sweep import COLUMNS, command_arguments, expand_grid
 
 FIT = {
     "dataset": "mnist",
@@ -116,7 +117,7 @@ def test_the_committed_grids_use_only_real_options(grid):
     # would otherwise fail only hours into a sweep).
     from pyro_skipvae.cli.main import diagnose, fit
 
-    cells = expand_grid(read_config_file(grid))
+    cells = expand_grid(read_mapping(grid))
     assert cells
     for cell in cells:
         fit.make_context("fit", [*command_arguments(cell.fit), "--out", "run"])
