@@ -115,13 +115,19 @@ def test_cli_mirrors_agree_with_the_library():
 
 
 def test_help_does_not_import_torch_and_version_names_the_stack(tmp_path):
+    """Every command's help and usage errors answer without the heavy libraries
+    (benchmarks/cli_latency.py times them)."""
     out = python(
         "import sys; from click.testing import CliRunner; import pyro_skipvae.cli.main as m; "
-        "r = CliRunner().invoke(m.cli, ['fit', '--help']); "
-        "print(r.exit_code, 'torch' in sys.modules, 'pyro' in sys.modules)",
+        "calls = [['--help'], *([c, '--help'] for c in sorted(m.cli.commands)), "
+        "['fit', '--latent-dim', '0'], ['diagnose'], ['no-such-command']]; "
+        "codes = [CliRunner().invoke(m.cli, c).exit_code for c in calls]; "
+        "heavy = ('torch', 'pyro', 'numpy', 'scipy', 'matplotlib', 'sklearn', 'yaml', 'jinja2'); "
+        "print(sorted(m.cli.commands), codes, [h for h in heavy if h in sys.modules])",
         tmp_path,
     )
-    assert out == "0 False False"
+    commands = "['compare', 'diagnose', 'fit', 'report', 'sweep']"
+    assert out == f"{commands} [0, 0, 0, 0, 0, 0, 2, 2, 2] []"
     from click.testing import CliRunner
 
     from pyro_skipvae.cli.main import cli
