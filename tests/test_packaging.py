@@ -3,9 +3,11 @@ data are looked for."""
 
 import configparser
 import importlib.util
+import shutil
 import subprocess
 import sys
 import urllib.error
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,24 @@ def test_help_does_not_import_torch_and_version_names_the_stack(tmp_path):
     assert result.exit_code == 0
     for name in ("pyro-skipvae 0.1.0", "torch ", "pyro ", "CUDA "):
         assert name in result.output
+
+
+def test_the_wheel_ships_py_typed_and_the_command_line(tmp_path):
+    """Type checkers read the hints only from a package marked ``py.typed`` (PEP 561)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for name in ("pyro_skipvae", "cli"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist"]
+    # the environment's own setuptools when it can build wheels (fast, offline), else pip's
+    # isolated build
+    if subprocess.run([*wheel, "--no-build-isolation", source], capture_output=True).returncode:
+        subprocess.run([*wheel, source], check=True, capture_output=True)
+    (built,) = (tmp_path / "dist").glob("pyro_skipvae-*.whl")
+    names = zipfile.ZipFile(built).namelist()
+    assert "pyro_skipvae/py.typed" in names
+    assert (
+        "pyro_skipvae/cli/main.py" in names and "pyro_skipvae/report/templates/report.html" in names
+    )
