@@ -61,9 +61,10 @@ def train_log(run_dir, *, level: int = logging.INFO) -> Iterator[Path | None]:
 
     The file is appended to, so a resumed run continues its log. Only rank 0 of a
     data-parallel run writes (the others yield ``None``). The handler sits on the
-    ``pyro_skipvae`` logger, whose level is lowered to ``level`` for the block if needed;
-    handlers configured elsewhere keep their own levels (``skipvae fit`` sets its console's
-    level on the handler, so the console shows no more than before)::
+    ``pyro_skipvae`` logger, whose level is lowered to ``level`` for the block if needed, so
+    a handler elsewhere without a level of its own (``logging.basicConfig``'s) sees these
+    records too; ``skipvae fit`` sets its console handler's level, which keeps the console
+    as quiet as before::
 
         with train_log("runs/demo"):
             vae.fit(train, val=val, run_dir="runs/demo")

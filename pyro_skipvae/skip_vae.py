@@ -347,7 +347,9 @@ class SkipVAE:
             sequences); the best-scoring epoch is kept as ``best.pt`` (see
             :mod:`pyro_skipvae.run`).
         :param run_dir: if given, writes ``config.json``, ``checkpoint.pt`` (every epoch),
-            ``best.pt`` and ``metrics.jsonl`` there, all atomically.
+            ``best.pt`` and ``metrics.jsonl`` there, all atomically. The log records go
+            through :mod:`logging`; ``with pyro_skipvae.run.train_log(run_dir):`` around the
+            call also appends them to ``train.log`` there, as ``skipvae fit`` does.
         :param bool resume: continue the run in ``run_dir`` from its last checkpoint; the
             result is identical to an uninterrupted run.
         :param dict run_info: extra JSON-able facts stored in ``config.json`` under ``"run"``
