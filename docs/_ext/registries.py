@@ -8,6 +8,7 @@ of its docstring. The ``:filled:`` option names the arguments the library passes
 
 import importlib
 import inspect
+import re
 
 from docutils import nodes
 from docutils.statemachine import StringList
@@ -16,8 +17,13 @@ from sphinx.util.nodes import nested_parse_with_titles
 
 
 def _summary(factory) -> str:
+    """The docstring's first sentence (or first paragraph, marked as cut short when it
+    runs into a displayed formula)."""
     doc = inspect.getdoc(factory) or ""
     first = doc.split("\n\n")[0].replace("\n", " ").strip()
+    # a full stop ends the sentence unless it ends an abbreviation (e.g., et al., eq.)
+    sentence = re.match(r"(.+?(?<!e\.g)(?<!i\.e)(?<! al)(?<! eq)[.!?])(?=\s+[A-Z(]|$)", first)
+    first = sentence.group(1) if sentence else first.rstrip(",;:") + " …"
     return first.replace("|", "\\|")
 
 
