@@ -58,6 +58,21 @@ def test_dependencies_are_ranges_not_pins():
         assert any(r.startswith(name + ">=") for r in requirements), name
 
 
+def test_the_test_extra_installs_what_the_docs_build_needs():
+    """The README's one test command installs ``.[test]``, and the suite builds the docs."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    extras = config["options.extras_require"]
+
+    def requirements(extra):
+        return {r.strip() for r in extras[extra].splitlines() if r.strip()}
+
+    docs = requirements("docs")
+    assert {r.split(">=")[0] for r in docs} >= {"sphinx", "sphinx-click", "myst-nb", "nbclient"}
+    assert docs <= requirements("test")
+    assert not [r for r in docs if "==" in r]
+
+
 def placeholder(folder, relative):
     """An empty file where a data set would be: path resolution only ever globs names."""
     path = folder / relative

@@ -2,8 +2,8 @@
 
 Each row gives the name users pass, the factory it builds (linked to its API entry), the
 factory's options with their defaults (the keyword arguments the library does not fill
-itself, as :meth:`pyro_skipvae.registry.Registry.options` reports them) and the first line
-of its docstring. The ``:filled:`` option names the arguments the library passes itself.
+itself, as :meth:`pyro_skipvae.registry.Registry.options` reports them) and the first
+sentence of its docstring. The ``:filled:`` option names the arguments the library passes itself.
 """
 
 import importlib
