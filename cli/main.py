@@ -19,11 +19,14 @@ import functools
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import traceback
 
 import click
+
+logger = logging.getLogger(__name__)
 
 # Mirrors of pyro_skipvae constants (checked against them by the tests).
 BINARIZATIONS = ("dynamic", "threshold", "none")
@@ -280,7 +283,12 @@ def print_version(ctx, param, value):
 )
 def cli(verbose):
     """Collapse-resistant VAEs on Pyro: fit and measure generative skip models."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    # The console shows warnings (every record with -v); the level sits on the handler, not
+    # the logger, so a run's train.log can still receive the library's INFO records.
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[console])
     # Plug-ins named module:attribute may live in the current directory, as for `python -m`;
     # appended, so they never shadow an installed module.
     if os.getcwd() not in sys.path:
@@ -521,6 +529,7 @@ def _fit(ctx, o):
     from pyro_skipvae.data import default_binarization, load_dataset
     from pyro_skipvae.errors import ConfigError
     from pyro_skipvae.infer import distributed
+    from pyro_skipvae.run import train_log
 
     main = distributed.is_main()
     if not main:  # only rank 0 logs, shows progress and prints
@@ -570,48 +579,50 @@ def _fit(ctx, o):
             "sa-vae" if o["inference"] == "semi-amortized" else "vae"
         )
         run_dir = os.path.join("runs", f"{splits.name}-{kind}-z{o['latent_dim']}")
-    vae = SkipVAE(
-        splits.data_shape,
-        latent_dim=o["latent_dim"],
-        hidden_dims=o["hidden_dims"],
-        skip=o["skip"],
-        **components,
-        guide=o["guide"],
-        guide_options=options["guide"],
-        device=o["device"],
-        seed=o["seed"],
-    )
-    history = vae.fit(
-        splits.train,
-        val=splits.val,
-        run_dir=run_dir,
-        resume=o["resume"],
-        progress=not o["quiet"] and main,
-        run_info={
-            "dataset": splits.name,
-            "train_size": o["train_size"],
-            "val_size": o["val_size"],
-            "max_length": o["max_length"],
-        },
-        num_epochs=o["num_epochs"],
-        batch_size=o["batch_size"],
-        optimizer=o["optimizer"],
-        learning_rate=o["learning_rate"],
-        clip_norm=o["clip_norm"],
-        lr_decay=o["lr_decay"],
-        lr_decay_min_epochs=o["lr_decay_min_epochs"],
-        min_learning_rate=o["min_learning_rate"],
-        kl_warmup_epochs=o["kl_warmup_epochs"],
-        kl_start=o["kl_start"],
-        kl_cycle_epochs=o["kl_cycle_epochs"],
-        elbo=o["elbo"],
-        num_particles=o["num_particles"],
-        elbo_options=options["elbo"],
-        inference=o["inference"],
-        inference_options=inference_options,
-        binarize=binarize,
-        seed=o["seed"],
-    )
+    with train_log(run_dir):
+        logger.info("skipvae fit %s", " ".join(map(shlex.quote, ctx.meta["arguments"])))
+        vae = SkipVAE(
+            splits.data_shape,
+            latent_dim=o["latent_dim"],
+            hidden_dims=o["hidden_dims"],
+            skip=o["skip"],
+            **components,
+            guide=o["guide"],
+            guide_options=options["guide"],
+            device=o["device"],
+            seed=o["seed"],
+        )
+        history = vae.fit(
+            splits.train,
+            val=splits.val,
+            run_dir=run_dir,
+            resume=o["resume"],
+            progress=not o["quiet"] and main,
+            run_info={
+                "dataset": splits.name,
+                "train_size": o["train_size"],
+                "val_size": o["val_size"],
+                "max_length": o["max_length"],
+            },
+            num_epochs=o["num_epochs"],
+            batch_size=o["batch_size"],
+            optimizer=o["optimizer"],
+            learning_rate=o["learning_rate"],
+            clip_norm=o["clip_norm"],
+            lr_decay=o["lr_decay"],
+            lr_decay_min_epochs=o["lr_decay_min_epochs"],
+            min_learning_rate=o["min_learning_rate"],
+            kl_warmup_epochs=o["kl_warmup_epochs"],
+            kl_start=o["kl_start"],
+            kl_cycle_epochs=o["kl_cycle_epochs"],
+            elbo=o["elbo"],
+            num_particles=o["num_particles"],
+            elbo_options=options["elbo"],
+            inference=o["inference"],
+            inference_options=inference_options,
+            binarize=binarize,
+            seed=o["seed"],
+        )
     if not history:
         raise ConfigError(f"nothing to do: no epochs to run (num_epochs={o['num_epochs']})")
     if not main:

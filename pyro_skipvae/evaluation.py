@@ -10,7 +10,10 @@ data) on top of the pure estimators of :mod:`pyro_skipvae.diagnostics`:
 import json
 import logging
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from pyro.infer import Trace_ELBO
@@ -103,24 +106,24 @@ def output_paths(run_dir, out=None) -> dict:
 
 
 def diagnose_run(
-    run_dir,
+    run_dir: str | os.PathLike,
     *,
-    split="test",
-    num_samples=500,
-    eval_size=None,
-    dataset=None,
-    data_dir=None,
-    num_refine_steps=None,
-    out=None,
-    classifier_train_size=None,
-    au_threshold=0.01,
-    embedding="tsne",
-    plots=True,
-    keep_log_weights=False,
-    seed=0,
-    device=None,
-    progress=False,
-) -> dict:
+    split: str = "test",
+    num_samples: int = 500,
+    eval_size: int | None = None,
+    dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    num_refine_steps: int | None = None,
+    out: str | os.PathLike | None = None,
+    classifier_train_size: int | None = None,
+    au_threshold: float = 0.01,
+    embedding: str = "tsne",
+    plots: bool = True,
+    keep_log_weights: bool = False,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Run every diagnostic of :func:`pyro_skipvae.diagnostics.diagnose` on a fitted run.
 
     Loads ``best.pt`` of ``run_dir`` and the run's data set (``config.json``), prepares the
@@ -276,7 +279,7 @@ def diagnose_run(
     return {"metrics": metrics, "paths": {k: str(v) for k, v in paths.items()}, "result": result}
 
 
-def load_diagnostics(path) -> dict:
+def load_diagnostics(path: str | os.PathLike) -> dict[str, Any]:
     """The metrics of a run directory's ``diagnostics.json`` (or of a JSON file path)."""
     path = Path(path)
     file = path / DIAGNOSTICS_FILE if path.is_dir() else path
@@ -289,7 +292,12 @@ def load_diagnostics(path) -> dict:
         raise DataError(f"{file} is unreadable ({e})") from None
 
 
-def compare_runs(paths, *, names=None, out=None) -> tuple[str, str]:
+def compare_runs(
+    paths: Sequence[str | os.PathLike],
+    *,
+    names: Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+) -> tuple[str, str]:
     """Side-by-side table of several runs' diagnostics: ``(markdown, csv)``.
 
     :param paths: run directories (holding ``diagnostics.json``) or JSON files.

@@ -21,7 +21,8 @@ option is a :class:`~pyro_skipvae.errors.ConfigError` that names the valid ones.
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from .errors import ConfigError
 
@@ -29,11 +30,11 @@ from .errors import ConfigError
 class Registry:
     """A mapping from names to factories (classes or functions) of one kind of component."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._factories: dict[str, Callable] = {}
 
-    def register(self, name: str, factory: Callable | None = None):
+    def register(self, name: str, factory: Callable | None = None) -> Callable:
         """Register ``factory`` under ``name``; usable as a decorator when ``factory`` is None."""
         if factory is None:
             return lambda f: self.register(name, f)
@@ -88,7 +89,7 @@ class Registry:
             )
         return obj
 
-    def options(self, name: str, *, filled=()) -> list[str] | None:
+    def options(self, name: str, *, filled: Iterable[str] = ()) -> list[str] | None:
         """The option names ``name``'s factory accepts, less the arguments in ``filled``
         that the library passes itself; ``None`` when it takes ``**kwargs`` (anything goes)."""
         parameters = inspect.signature(self.get(name)).parameters.values()
@@ -100,7 +101,7 @@ class Registry:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in filled
         ]
 
-    def defaults(self, name: str, *, filled=()) -> dict:
+    def defaults(self, name: str, *, filled: Iterable[str] = ()) -> dict[str, Any]:
         """``{option: default}`` for the options of ``name`` that have a default."""
         parameters = inspect.signature(self.get(name)).parameters.values()
         return {
@@ -111,7 +112,13 @@ class Registry:
             and p.default is not p.empty
         }
 
-    def build(self, name_or_object, *args, options=None, **fixed):
+    def build(
+        self,
+        name_or_object: str | object,
+        *args: Any,
+        options: dict[str, Any] | None = None,
+        **fixed: Any,
+    ) -> Any:
         """Build the component called ``name_or_object`` from ``args``, the library's own
         keyword arguments ``fixed`` and the user's ``options``; an object that is not a
         string is returned unchanged, so users can pass their own instances.
@@ -154,7 +161,7 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._factories)
 
-    def __contains__(self, name) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._factories
 
     def __iter__(self) -> Iterator[str]:

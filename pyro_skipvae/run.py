@@ -7,6 +7,7 @@ A run folder holds
 ``checkpoint.pt``  the latest epoch: weights, optimizer, RNG states, history, selection
 ``best.pt``        the selected epoch's weights (what ``SkipVAE.load`` and ``diagnose`` use)
 ``metrics.jsonl``  one JSON object per epoch
+``train.log``      the library's log records while training (:func:`train_log`; ``skipvae fit``)
 =================  ===============================================================
 
 Every file is written atomically (:mod:`pyro_skipvae.checkpoint`). :class:`Run` is the object
@@ -27,6 +28,8 @@ training objective would favour early epochs during KL warm-up, where β < 1 inf
 import json
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import checkpoint
@@ -37,16 +40,70 @@ from .names import canonical_name
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 2
-CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE = (
+CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE, LOG_FILE = (
     "config.json",
     "checkpoint.pt",
     "best.pt",
     "metrics.jsonl",
+    "train.log",
 )
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: options that may change between a run and its resumption without changing the result of
 #: the epochs already done
 RESUMABLE_CHANGES = {("train", "num_epochs"), ("run", "device")}
 SELECTION_METRIC = "val_elbo"
+
+
+@contextmanager
+def train_log(run_dir, *, level: int = logging.INFO) -> Iterator[Path | None]:
+    """Append pyro_skipvae's log records of ``level`` and above (the epoch records, resumes,
+    warnings) to ``<run_dir>/train.log`` while the block runs; yield its path.
+
+    The file is appended to, so a resumed run continues its log. Only rank 0 of a
+    data-parallel run writes (the others yield ``None``). The handler sits on the
+    ``pyro_skipvae`` logger, whose level is lowered to ``level`` for the block if needed, so
+    a handler elsewhere without a level of its own (``logging.basicConfig``'s) sees these
+    records too; ``skipvae fit`` sets its console handler's level, which keeps the console
+    as quiet as before::
+
+        with train_log("runs/demo"):
+            vae.fit(train, val=val, run_dir="runs/demo")
+    """
+    if not distributed.is_main():
+        yield None
+        return
+    path = Path(run_dir) / LOG_FILE
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"expected a run directory, found a file at {path.parent}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(level)
+    library = logging.getLogger(__name__.partition(".")[0])
+    previous = library.level
+    library.addHandler(handler)
+    if library.getEffectiveLevel() > level:
+        library.setLevel(level)
+    try:
+        yield path
+    except BaseException as e:
+        # into the file only: whoever catches the error reports it on the console
+        handler.handle(
+            library.makeRecord(
+                library.name,
+                logging.ERROR,
+                __file__,
+                0,
+                "stopped: %s: %s",
+                (type(e).__name__, e),
+                None,
+            )
+        )
+        raise
+    finally:
+        library.removeHandler(handler)
+        library.setLevel(previous)
+        handler.close()
 
 
 def read_config(run_dir) -> dict:

@@ -12,8 +12,11 @@
 import json
 import logging
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
@@ -28,6 +31,7 @@ from .diagnostics import diagnose, evaluate_elbo
 from .diagnostics.elbo import evaluation_batch_size
 from .errors import CheckpointError, ConfigError
 from .guides import ENCODERS, GUIDES
+from .guides.encoders import Encoder
 from .infer import (
     ELBOS,
     INFERENCES,
@@ -40,7 +44,7 @@ from .infer import (
 )
 from .infer.elbos import PerDatapointBound, is_nonlinear
 from .infer.optim import LR_DECAYS, OPTIMIZERS
-from .models import DECODERS, LIKELIHOODS, PRIORS, Model
+from .models import DECODERS, LIKELIHOODS, PRIORS, Decoder, Likelihood, Model, Prior
 from .modes import evaluating
 from .run import BEST_FILE, CHECKPOINT_FORMAT, Run, load_weights, weights_state
 from .sites import LATENT_SITE, OBSERVED_SITE
@@ -231,34 +235,34 @@ class SkipVAE:
         ``likelihood_options`` (e.g. ``num_categories``) and ``guide_options`` (e.g.
         ``num_flows``). An unknown option is a :class:`~pyro_skipvae.errors.ConfigError`
         naming the valid ones.
-
-    Every component may also be named by import path, ``"module:attribute"`` (a class or
-    factory with the registry's signature); the path is stored in ``config.json``.
     :param str device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``; under torchrun a bare
         ``"cuda"`` means ``cuda:$LOCAL_RANK``.
     :param int seed: if given, seeds Pyro's RNGs before the weights are initialised.
+
+    Every component may also be named by import path, ``"module:attribute"`` (a class or
+    factory with the registry's signature); the path is stored in ``config.json``.
     """
 
     def __init__(
         self,
-        data_shape,
+        data_shape: Sequence[int],
         *,
-        latent_dim=32,
-        hidden_dims=None,
-        skip=True,
-        decoder="mlp",
-        encoder="mlp",
-        prior="normal",
-        likelihood="bernoulli",
-        guide="normal",
-        decoder_options=None,
-        encoder_options=None,
-        prior_options=None,
-        likelihood_options=None,
-        guide_options=None,
-        device=None,
-        seed=None,
-    ):
+        latent_dim: int = 32,
+        hidden_dims: Sequence[int] | None = None,
+        skip: bool = True,
+        decoder: str | Decoder = "mlp",
+        encoder: str | Encoder = "mlp",
+        prior: str | Prior = "normal",
+        likelihood: str | Likelihood = "bernoulli",
+        guide: str | torch.nn.Module = "normal",
+        decoder_options: dict[str, Any] | None = None,
+        encoder_options: dict[str, Any] | None = None,
+        prior_options: dict[str, Any] | None = None,
+        likelihood_options: dict[str, Any] | None = None,
+        guide_options: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        seed: int | None = None,
+    ) -> None:
         decoder_options, decoder_hidden = _component_options(
             DECODERS, decoder, decoder_options, ("latent_dim", "output_shape", "skip"), hidden_dims
         )
@@ -309,7 +313,7 @@ class SkipVAE:
         self.history: list[dict] = []
 
     @classmethod
-    def from_config(cls, config: dict | ModelConfig, **overrides) -> "SkipVAE":
+    def from_config(cls, config: dict | ModelConfig, **overrides: Any) -> "SkipVAE":
         """Rebuild from a :class:`ModelConfig` (or its dict); custom components must be
         passed again in ``overrides`` (e.g. ``prior=MyPrior(...)``)."""
         options = asdict(config) if isinstance(config, ModelConfig) else dict(config)
@@ -329,15 +333,15 @@ class SkipVAE:
     # ------------------------------------------------------------------ training
     def fit(
         self,
-        train_data,
+        train_data: torch.Tensor,
         *,
-        val=None,
-        run_dir=None,
-        resume=False,
-        run_info=None,
-        progress=False,
-        **options,
-    ) -> list[dict]:
+        val: torch.Tensor | None = None,
+        run_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        run_info: dict[str, Any] | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> list[dict[str, Any]]:
         """Fit by (semi-amortized) stochastic variational inference; return one metrics
         record per epoch.
 
@@ -348,7 +352,9 @@ class SkipVAE:
             sequences); the best-scoring epoch is kept as ``best.pt`` (see
             :mod:`pyro_skipvae.run`).
         :param run_dir: if given, writes ``config.json``, ``checkpoint.pt`` (every epoch),
-            ``best.pt`` and ``metrics.jsonl`` there, all atomically.
+            ``best.pt`` and ``metrics.jsonl`` there, all atomically. The log records go
+            through :mod:`logging`; ``with pyro_skipvae.run.train_log(run_dir):`` around the
+            call also appends them to ``train.log`` there, as ``skipvae fit`` does.
         :param bool resume: continue the run in ``run_dir`` from its last checkpoint; the
             result is identical to an uninterrupted run.
         :param dict run_info: extra JSON-able facts stored in ``config.json`` under ``"run"``
@@ -518,7 +524,9 @@ class SkipVAE:
         )
 
     # ------------------------------------------------------------------ using a fit
-    def evaluate(self, data, *, batch_size=500, num_particles=1) -> dict:
+    def evaluate(
+        self, data: torch.Tensor, *, batch_size: int = 500, num_particles: int = 1
+    ) -> dict[str, float]:
         """Mean per-datapoint ``elbo`` and ``kl`` (nats) of the amortized guide over ``data``
         (already in the likelihood's support). See :func:`~pyro_skipvae.diagnostics.evaluate_elbo`."""
         data = prepare(data, self.model.likelihood)
@@ -532,7 +540,7 @@ class SkipVAE:
             )
         return {"elbo": result["elbo"], "kl": result["kl"]}
 
-    def diagnose(self, data, **options) -> dict:
+    def diagnose(self, data: torch.Tensor, **options: Any) -> dict[str, Any]:
         """Collapse diagnostics of this model on ``data`` (already in the likelihood's support):
         ELBO, KL, full-set MI, aggregate KL, active units, IW-NLL with Pareto k̂ and, given
         labels, posterior-mean accuracy. Options and result: :func:`pyro_skipvae.diagnostics.diagnose`."""
@@ -541,7 +549,9 @@ class SkipVAE:
             return diagnose(self.model, self.guide, data.to(self.device), **options)
 
     @torch.no_grad()
-    def encode(self, x, *, num_samples=256):
+    def encode(
+        self, x: torch.Tensor, *, num_samples: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior means and standard deviations ``(loc, scale)`` of q(z | x): exact for
         the Gaussian guide, from ``num_samples`` draws for families without closed-form
         moments (the flow guide)."""
@@ -554,7 +564,9 @@ class SkipVAE:
                 return z.mean(0), z.std(0)
 
     @torch.no_grad()
-    def predictive(self, x, *, num_samples=1, posterior=True) -> dict:
+    def predictive(
+        self, x: torch.Tensor, *, num_samples: int = 1, posterior: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Posterior predictive (z ~ q(z|x), default) or prior predictive (z ~ p(z),
         ``posterior=False``) draws of ``"z"`` and ``"x"``, with :class:`pyro.infer.Predictive`
         on the model made generative by :func:`pyro.poutine.uncondition`.
@@ -582,7 +594,7 @@ class SkipVAE:
             return predictive(x)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, *, mean=True):
+    def sample(self, num_samples: int, *, mean: bool = True) -> torch.Tensor:
         """Draw z ~ p(z) and decode: the likelihood's mean (e.g. pixel probabilities) when
         ``mean``, else a sample of x. Autoregressive decoders always return samples, drawn
         position by position (a teacher-forced mean would look right whatever z is)."""
@@ -591,7 +603,7 @@ class SkipVAE:
             return self._decode(z, mean)
 
     @torch.no_grad()
-    def reconstruct(self, x, *, mean=True):
+    def reconstruct(self, x: torch.Tensor, *, mean: bool = True) -> torch.Tensor:
         """Decode the posterior means of ``x`` (as :meth:`sample` decodes)."""
         loc, _ = self.encode(x)
         with evaluating(self.model):
@@ -603,7 +615,7 @@ class SkipVAE:
             return likelihood(decoder(z)).mean
         return decoder.sample(z, likelihood)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write model and guide weights with their configuration, atomically."""
         config = {"format": CHECKPOINT_FORMAT, "model": _plain(asdict(self.config))}
         checkpoint.atomic_save(
@@ -611,7 +623,9 @@ class SkipVAE:
         )
 
     @classmethod
-    def load(cls, path, *, device=None, **overrides) -> "SkipVAE":
+    def load(
+        cls, path: str | os.PathLike, *, device: str | torch.device | None = None, **overrides: Any
+    ) -> "SkipVAE":
         """Load a model written by :meth:`save`, or a run's ``best.pt``/``checkpoint.pt``
         (or a run directory, meaning its ``best.pt``)."""
         path = Path(path)

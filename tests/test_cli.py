@@ -92,6 +92,15 @@ def test_bad_input_gives_one_readable_line_and_an_exit_status(
     assert "Traceback" not in result.output
 
 
+def test_out_naming_a_file_is_a_usage_error_and_the_file_is_kept(tmp_path, data_dir):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    result = run_cli("fit", "--data-dir", str(data_dir), *SMALL, "--out", str(out))
+    assert result.exit_code == 2
+    assert f"Directory '{out}' is a file" in result.output
+    assert out.read_text() == "mine"
+
+
 def test_resume_against_another_config_is_a_usage_error(tmp_path, data_dir):
     out = str(tmp_path / "run")
     assert (
@@ -117,6 +126,13 @@ def test_resume_against_another_config_is_a_usage_error(tmp_path, data_dir):
         ],
     )
     assert result.exit_code == 2
+    # the refused attempt is recorded in the run's log, after the first run's records
+    log = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert "epoch 1: {'epoch': 1" in log[-3] and "--latent-dim 5" in log[-2]
+    assert log[-1].endswith(
+        "stopped: ConfigError: cannot resume " + out + ": its "
+        "configuration differs in model.latent_dim: saved 4, now 5"
+    )
     assert (
         result.output.strip()
         == "error: cannot resume "
@@ -153,9 +169,22 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir, ski
     done = len((killed / "metrics.jsonl").read_text().splitlines())
     assert 2 <= done < 6
 
-    subprocess.run(
-        [exe, *args, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True
+    resumed = subprocess.run(
+        [exe, *args, "--out", str(killed), "--resume"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
+    # train.log: every epoch's record, across the kill, appended to by the resumed process;
+    # the console (without -v) shows none of these INFO records.
+    log = (killed / "train.log").read_text()
+    assert log.count("INFO pyro_skipvae.cli.main: skipvae fit ") == 2
+    assert f"resuming {killed} after epoch {done}" in log
+    for epoch in range(1, 7):
+        assert f"INFO pyro_skipvae.infer.fit: epoch {epoch}: {{'epoch': {epoch}, " in log
+    assert "epoch 6: {" not in resumed.stderr and "resuming" not in resumed.stderr
+    assert "epoch 6: {'epoch': 6" in (tmp_path / "full" / "train.log").read_text()
 
     def records(run):
         lines = (run / "metrics.jsonl").read_text().splitlines()

@@ -315,8 +315,12 @@ def test_two_process_fit_writes_one_run_folder(two_process_run):
         "checkpoint.pt",
         "config.json",
         "metrics.jsonl",
+        "train.log",
     ]
     assert stdout.count("results in") == 1, "only rank 0 prints"
+    log = (out / "train.log").read_text()
+    for epoch in (1, 2, 3, 4):
+        assert log.count(f"epoch {epoch}: {{'epoch': {epoch}, ") == 1, "only rank 0 logs"
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["world_size"] == 2
     state = torch.load(out / "checkpoint.pt", weights_only=True)

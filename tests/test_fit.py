@@ -11,6 +11,7 @@ from pyro.infer import Trace_ELBO
 from pyro_skipvae import CheckpointError, ConfigError, DataError, NonFiniteLossError, SkipVAE
 from pyro_skipvae.data import load_dataset
 from pyro_skipvae.infer import LinearWarmup
+from pyro_skipvae.run import train_log
 
 FIT = {"batch_size": 50, "binarize": "dynamic", "kl_warmup_epochs": 2, "seed": 3}
 
@@ -90,6 +91,14 @@ def test_a_run_saved_before_a_setting_existed_resumes_at_its_default(mnist, tiny
         fit(mnist, tiny_options, tmp_path / "run", num_epochs=2, resume=True, kl_cycle_epochs=4)
     fit(mnist, tiny_options, tmp_path / "run", num_epochs=2, resume=True)
     assert len(metrics(tmp_path / "run")) == 2
+
+
+def test_train_log_refuses_a_file_where_the_run_folder_goes(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="expected a run directory, found a file"):
+        with train_log(tmp_path / "notes.txt"):
+            pass
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_an_existing_run_is_never_overwritten(mnist, tiny_options, tmp_path):

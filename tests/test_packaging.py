@@ -3,9 +3,11 @@ data are looked for."""
 
 import configparser
 import importlib.util
+import shutil
 import subprocess
 import sys
 import urllib.error
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,21 @@ def test_dependencies_are_ranges_not_pins():
     assert requirements and not [r for r in requirements if "==" in r], requirements
     for name in ("torch", "torchvision", "pyro-ppl"):
         assert any(r.startswith(name + ">=") for r in requirements), name
+
+
+def test_the_test_extra_installs_what_the_docs_build_needs():
+    """The README's one test command installs ``.[test]``, and the suite builds the docs."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    extras = config["options.extras_require"]
+
+    def requirements(extra):
+        return {r.strip() for r in extras[extra].splitlines() if r.strip()}
+
+    docs = requirements("docs")
+    assert {r.split(">=")[0] for r in docs} >= {"sphinx", "sphinx-click", "myst-nb", "nbclient"}
+    assert docs <= requirements("test")
+    assert not [r for r in docs if "==" in r]
 
 
 def placeholder(folder, relative):
@@ -115,13 +132,19 @@ def test_cli_mirrors_agree_with_the_library():
 
 
 def test_help_does_not_import_torch_and_version_names_the_stack(tmp_path):
+    """Every command's help and usage errors answer without the heavy libraries
+    (benchmarks/cli_latency.py times them)."""
     out = python(
         "import sys; from click.testing import CliRunner; import pyro_skipvae.cli.main as m; "
-        "r = CliRunner().invoke(m.cli, ['fit', '--help']); "
-        "print(r.exit_code, 'torch' in sys.modules, 'pyro' in sys.modules)",
+        "calls = [['--help'], *([c, '--help'] for c in sorted(m.cli.commands)), "
+        "['fit', '--latent-dim', '0'], ['diagnose'], ['no-such-command']]; "
+        "codes = [CliRunner().invoke(m.cli, c).exit_code for c in calls]; "
+        "heavy = ('torch', 'pyro', 'numpy', 'scipy', 'matplotlib', 'sklearn', 'yaml', 'jinja2'); "
+        "print(sorted(m.cli.commands), codes, [h for h in heavy if h in sys.modules])",
         tmp_path,
     )
-    assert out == "0 False False"
+    commands = "['compare', 'diagnose', 'fit', 'report', 'sweep']"
+    assert out == f"{commands} [0, 0, 0, 0, 0, 0, 2, 2, 2] []"
     from click.testing import CliRunner
 
     from pyro_skipvae.cli.main import cli
@@ -130,3 +153,24 @@ def test_help_does_not_import_torch_and_version_names_the_stack(tmp_path):
     assert result.exit_code == 0
     for name in ("pyro-skipvae 0.1.0", "torch ", "pyro ", "CUDA "):
         assert name in result.output
+
+
+def test_the_wheel_ships_py_typed_and_the_command_line(tmp_path):
+    """Type checkers read the hints only from a package marked ``py.typed`` (PEP 561)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for name in ("pyro_skipvae", "cli"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist"]
+    # the environment's own setuptools when it can build wheels (fast, offline), else pip's
+    # isolated build
+    if subprocess.run([*wheel, "--no-build-isolation", source], capture_output=True).returncode:
+        subprocess.run([*wheel, source], check=True, capture_output=True)
+    (built,) = (tmp_path / "dist").glob("pyro_skipvae-*.whl")
+    names = zipfile.ZipFile(built).namelist()
+    assert "pyro_skipvae/py.typed" in names
+    assert (
+        "pyro_skipvae/cli/main.py" in names and "pyro_skipvae/report/templates/report.html" in names
+    )

@@ -86,11 +86,11 @@ class DataSplits:
 def load_dataset(
     dataset: str,
     *,
-    data_dir=None,
-    train_size=None,
-    val_size=None,
-    download=False,
-    max_length=None,
+    data_dir: str | os.PathLike | None = None,
+    train_size: int | None = None,
+    val_size: int | None = None,
+    download: bool = False,
+    max_length: int | None = None,
 ) -> DataSplits:
     """Load a named data set (:data:`IMAGE_DATASETS`, ``"ptb"``, ``"yahoo"``) or a
     ``.pt``/``.npy`` file.

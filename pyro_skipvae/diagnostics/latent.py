@@ -423,7 +423,7 @@ def minibatch_mutual_information(guide, data=None, *, batch_size=50) -> Estimate
         - \log \frac{1}{|B|} \sum_{j \in B} q(z_i | x_j)\right], \quad z_i \sim q(z|x_i),
 
     averaged over minibatches weighted by their size. The mixture uses the minibatch only, so
-    log q_B(z_i) ≥ log q(z_i|x_i) − log |B| and **the estimate's expectation can never exceed
+    log q_B(z_i) ≥ log q(z_i|x_i) − log ``|B|`` and **the estimate's expectation can never exceed
     log(batch_size)** (3.47 nats at 32, 3.91 at 50; single draws scatter around it because the
     entropy term is analytic): it is
     biased downward whenever the true MI is not far below that cap, and the bias depends on

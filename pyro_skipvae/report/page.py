@@ -2,8 +2,11 @@
 
 import datetime
 import logging
+import os
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..checkpoint import atomic_write_text
@@ -170,7 +173,13 @@ def render(context: dict) -> str:
     return env.get_template("report.html").render(**context)
 
 
-def build_report(run_dirs, *, names=None, title=None, diagnostics=None) -> str:
+def build_report(
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    names: Sequence[str] | None = None,
+    title: str | None = None,
+    diagnostics: Sequence[str | os.PathLike | None] | None = None,
+) -> str:
     """One self-contained HTML page about one run or a comparison of several.
 
     The page shows the configurations side by side (differences marked), training curves,
@@ -220,7 +229,9 @@ def build_report(run_dirs, *, names=None, title=None, diagnostics=None) -> str:
     return render(report_context(runs, title=title))
 
 
-def write_report(run_dirs, out, **options) -> Path:
+def write_report(
+    run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, **options: Any
+) -> Path:
     """:func:`build_report`, written atomically to ``out``; returns the path."""
     out = Path(out)
     atomic_write_text(out, build_report(run_dirs, **options))
