@@ -72,8 +72,8 @@ def collapse_verdict(metrics: dict) -> dict:
     if au == 0 or kl < COLLAPSED_KL:
         level, label = "collapsed", "Posterior collapse"
         summary = (
-            f"The decoder ignores the latent code: KL {nats(kl)} nats, {au} of {dims} "
-            "dimensions active."
+            f"The posterior does not depend on the data: KL {nats(kl)} nats, {au} of {dims} "
+            "dimensions active, so the code carries no information about x."
         )
     elif au < dims:
         level, label = "partial", "Partial collapse"
