@@ -17,5 +17,5 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # the mutated copy lives in mutants/, so the data folder cannot be found beside it
 export SKIPVAE_DATA_DIR="${SKIPVAE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 start=$(date +%s)
-mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@"
+python -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@"
 python benchmarks/mutation.py --label "$label" --wall-seconds $(($(date +%s) - start))

@@ -147,3 +147,23 @@ def test_from_options_reads_only_refinement_settings():
         {"mode": "kl", "num_refine_steps": 7, "refine_lr": 0.5, "refine_batch_size": 3}
     )
     assert refinement == Refinement(num_refine_steps=7, refine_lr=0.5)
+
+
+def test_refinement_options_round_trip():
+    """options() names every setting, and from_options reads them back (ignoring others)."""
+    refine = Refinement(
+        num_refine_steps=3,
+        refine_lr=0.5,
+        refine_momentum=0.2,
+        refine_max_grad_norm=None,
+        refine_coordinates="log-scale",
+    )
+    options = refine.options()
+    assert options == {
+        "num_refine_steps": 3,
+        "refine_lr": 0.5,
+        "refine_momentum": 0.2,
+        "refine_max_grad_norm": None,
+        "refine_coordinates": "log-scale",
+    }
+    assert Refinement.from_options({**options, "learning_rate": 1e-3}) == refine

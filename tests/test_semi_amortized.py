@@ -381,3 +381,125 @@ def test_fit_semi_amortized_resumes_exactly(tmp_path):
     assert {"val_elbo", "val_kl", "val_elbo_amortized", "val_amortization_gap"} <= set(full[-1])
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert [strip(r) for r in resumed] == [strip(r) for r in full]
+
+
+class RecordingRefinement:
+    """Wraps a Refinement: records each call's minibatch and starting point, then refines."""
+
+    def __init__(self, refinement):
+        self.refinement, self.calls = refinement, []
+
+    def __call__(self, model, guide, elbo, x, local_params, **kwargs):
+        self.calls.append((x.shape[0], tuple(p.detach().clone() for p in local_params)))
+        return self.refinement(model, guide, elbo, x, local_params, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.refinement, name)
+
+
+def _evaluation_problem(n, mode="end-to-end", **options):
+    model, guide = linear_gaussian()
+    with torch.no_grad():  # an encoder away from the prior: λ₀ = (1, log σ² = 0)
+        guide.encoder.loc.fill_(1.0)
+    x = model.likelihood(model.decoder(torch.randn(n, D))).sample()
+    inference = SemiAmortizedSVI(
+        model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO(), mode=mode, **options
+    )
+    inference.refinement = RecordingRefinement(inference.refinement)
+    return model, guide, x, inference
+
+
+def test_evaluation_refines_in_eval_mode_in_the_documented_minibatches_and_reports_the_gap():
+    model, guide, x, inference = _evaluation_problem(10, num_refine_steps=2)
+    modes = []
+    for module in (model.decoder, guide.encoder):
+        module.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    metrics = inference.evaluate_metrics(x, batch_size=4)
+    assert modes and not any(modes)  # every network call in eval() mode ...
+    assert model.training and guide.training  # ... and training mode restored after
+    # the refinement's minibatch is the evaluation batch size before any training step ...
+    assert [size for size, _ in inference.refinement.calls] == [4, 4, 2]
+    # ... starting from the encoder's λ₀
+    loc0, _ = inference.refinement.calls[0][1]
+    assert torch.equal(loc0, torch.ones(4, D))
+    assert metrics["amortization_gap"] == metrics["elbo"] - metrics["elbo_amortized"]
+    assert metrics["kl_amortized"] == pytest.approx(D / 2)  # KL(N(1, 1) ‖ N(0, 1)) per dim
+    # ... then the largest training minibatch, unless refine_batch_size is given
+    inference.step(x[:3], size=10)
+    inference.refinement.calls.clear()
+    inference.evaluate_metrics(x, batch_size=4)
+    assert [size for size, _ in inference.refinement.calls] == [3, 1, 3, 1, 2]
+    _, _, x, inference = _evaluation_problem(10, num_refine_steps=2, refine_batch_size=5)
+    inference.step(x[:3], size=10)
+    inference.evaluate_metrics(x, batch_size=4)
+    assert [size for size, _ in inference.refinement.calls] == [4, 4, 2]  # chunks of ≤ 5
+
+
+def test_evaluation_batches_default_to_500():
+    _, _, x, inference = _evaluation_problem(501, num_refine_steps=1)
+    inference.evaluate_metrics(x)
+    assert [size for size, _ in inference.refinement.calls] == [500, 1]
+
+
+def test_svi_mode_refines_from_the_prior_and_reports_no_amortized_bound():
+    _, _, x, inference = _evaluation_problem(6, mode="svi", num_refine_steps=2)
+    metrics = inference.evaluate_metrics(x, batch_size=6)
+    assert set(metrics) == {"elbo", "kl"}
+    (size, (loc0, log_var0)), *_ = inference.refinement.calls
+    assert size == 6 and torch.equal(loc0, torch.zeros(6, D)) and torch.equal(log_var0, loc0)
+
+
+def test_svi_mode_reads_the_latent_size_from_a_guide_without_an_encoder():
+    model, guide = linear_gaussian()
+
+    class BareGuide:  # local_params and the call, nothing else
+        def local_params(self, x):
+            return guide.local_params(x)
+
+        def __call__(self, *args, **kwargs):
+            return guide(*args, **kwargs)
+
+    inference = SemiAmortizedSVI(model, BareGuide(), pyro.optim.Adam({}), Trace_ELBO(), mode="svi")
+    loc0, log_var0 = inference.initial_params(torch.zeros(3, P))
+    assert loc0.shape == log_var0.shape == (3, D) and not loc0.any() and not log_var0.any()
+
+
+def test_evaluate_loss_is_the_scaled_beta_bound_at_the_refined_parameters():
+    """−(N/B) Σ_i ELBO_β(λ_K), λ_K refined at the same β (same draws: same seed)."""
+    import functools
+
+    model, guide, x, inference = _evaluation_problem(4, num_refine_steps=3)
+    pyro.set_rng_seed(3)
+    loss = inference.evaluate_loss(x, size=40, beta=0.3)
+    pyro.set_rng_seed(3)
+    refined = inference.refine(x, beta=0.3)
+    by_hand = Trace_ELBO().differentiable_loss(
+        model, functools.partial(guide, local_params=refined), x, size=40, beta=0.3
+    )
+    assert loss == pytest.approx(by_hand.item(), rel=1e-12)
+    pyro.set_rng_seed(3)
+    plain = inference.evaluate_loss(x, size=40)
+    pyro.set_rng_seed(3)
+    refined = inference.refine(x)
+    by_hand = Trace_ELBO().differentiable_loss(
+        model, functools.partial(guide, local_params=refined), x, size=40
+    )
+    assert plain == pytest.approx(by_hand.item(), rel=1e-12) and plain != loss
+
+
+def test_cudnn_is_switched_off_only_for_recurrent_networks_on_cuda():
+    """_has_cuda_rnn decides whether end-to-end steps run without cuDNN (no double backward
+    in its RNN kernels). A parameter reporting is_cuda stands in for a GPU."""
+    from pyro_skipvae.infer.semi_amortized import _has_cuda_rnn
+
+    class OnCuda(nn.Parameter):
+        @property
+        def is_cuda(self):
+            return True
+
+    cpu_lstm, gpu_lstm, gpu_linear = nn.LSTM(2, 3), nn.LSTM(2, 3), nn.Linear(2, 3)
+    gpu_lstm.weight_hh_l0 = OnCuda(gpu_lstm.weight_hh_l0.detach())
+    gpu_linear.weight = OnCuda(gpu_linear.weight.detach())
+    assert not _has_cuda_rnn(cpu_lstm, nn.Sequential(gpu_linear))
+    assert _has_cuda_rnn(nn.Sequential(nn.Linear(2, 2), gpu_lstm))
+    assert _has_cuda_rnn(object(), gpu_lstm)  # anything that is not a module is passed over
