@@ -186,3 +186,23 @@ def test_users_own_files(tmp_path, tiny_options):
         load_dataset(str(tmp_path / "bad.pt"))
     with pytest.raises(ConfigError, match="unknown dataset"):
         load_dataset("cifar")
+
+
+def test_rng_state_carries_every_gpu_generator_where_there_are_gpus(monkeypatch):
+    """The checkpoint's RNG state holds each CUDA device's generator when CUDA is present (faked
+    here: the CPU suite has no GPU) and restores it only where CUDA is present again."""
+    from pyro_skipvae import checkpoint
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([1, 2])])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = checkpoint.get_rng_state()
+    assert [s.tolist() for s in state["cuda"]] == [[1, 2]]
+    checkpoint.set_rng_state(state)
+    assert restored == [state["cuda"]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    without = checkpoint.get_rng_state()
+    assert without["cuda"] == []
+    checkpoint.set_rng_state(state)  # written on a GPU machine, resumed on a CPU-only one
+    assert len(restored) == 1

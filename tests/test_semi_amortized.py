@@ -387,11 +387,13 @@ class RecordingRefinement:
     """Wraps a Refinement: records each call's minibatch and starting point, then refines."""
 
     def __init__(self, refinement):
-        self.refinement, self.calls = refinement, []
+        self.refinement, self.calls, self.refined = refinement, [], []
 
     def __call__(self, model, guide, elbo, x, local_params, **kwargs):
         self.calls.append((x.shape[0], tuple(p.detach().clone() for p in local_params)))
-        return self.refinement(model, guide, elbo, x, local_params, **kwargs)
+        refined = self.refinement(model, guide, elbo, x, local_params, **kwargs)
+        self.refined.append(refined)
+        return refined
 
     def __getattr__(self, name):
         return getattr(self.refinement, name)
@@ -424,6 +426,11 @@ def test_evaluation_refines_in_eval_mode_in_the_documented_minibatches_and_repor
     assert torch.equal(loc0, torch.ones(4, D))
     assert metrics["amortization_gap"] == metrics["elbo"] - metrics["elbo_amortized"]
     assert metrics["kl_amortized"] == pytest.approx(D / 2)  # KL(N(1, 1) ‖ N(0, 1)) per dim
+    # the bound is taken at the refined parameters: its (analytic) KL is theirs
+    loc, log_var = (torch.cat(p) for p in zip(*inference.refinement.refined))
+    kl = 0.5 * (log_var.exp() + loc**2 - 1 - log_var).sum(-1)
+    assert metrics["kl"] == pytest.approx(kl.mean().item(), rel=1e-12)
+    assert abs(metrics["kl"] - D / 2) > 0.01
     # ... then the largest training minibatch, unless refine_batch_size is given
     inference.step(x[:3], size=10)
     inference.refinement.calls.clear()
