@@ -16,6 +16,10 @@ if [[ "${1:-}" == "--label" ]]; then label=$2; shift 2; fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # the mutated copy lives in mutants/, so the data folder cannot be found beside it
 export SKIPVAE_DATA_DIR="${SKIPVAE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+# a mutant can ask for absurd memory (a size constant mutated inside a shape): let that fail
+# as an exception in its own test process rather than wake the OOM killer (16 GiB of
+# address space per process; the run itself needs about 5)
+ulimit -v $((16 * 1024 * 1024))
 start=$(date +%s)
 python -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@"
 python benchmarks/mutation.py --label "$label" --wall-seconds $(($(date +%s) - start))
