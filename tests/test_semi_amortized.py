@@ -19,7 +19,7 @@ from torch import nn
 from pyro_skipvae import ConfigError, Guide, Model, SkipVAE
 from pyro_skipvae.diagnostics.elbo import elbo_terms
 from pyro_skipvae.guides import Encoder, MLPEncoder
-from pyro_skipvae.infer import INFERENCES, SEMI_AMORTIZED_MODES, SemiAmortizedSVI
+from pyro_skipvae.infer import INFERENCES, SEMI_AMORTIZED_MODES, Refinement, SemiAmortizedSVI
 from pyro_skipvae.models import Decoder
 from pyro_skipvae.models.likelihoods import CategoricalLikelihood, NormalLikelihood
 from pyro_skipvae.models.priors import StandardNormalPrior
@@ -479,7 +479,7 @@ def test_evaluate_loss_is_the_scaled_beta_bound_at_the_refined_parameters():
     pyro.set_rng_seed(3)
     loss = inference.evaluate_loss(x, size=40, beta=0.3)
     pyro.set_rng_seed(3)
-    refined = inference.refine(x, beta=0.3)
+    refined = inference.refinement(model, guide, Trace_ELBO(), x, guide.local_params(x), beta=0.3)
     by_hand = Trace_ELBO().differentiable_loss(
         model, functools.partial(guide, local_params=refined), x, size=40, beta=0.3
     )
@@ -510,3 +510,55 @@ def test_cudnn_is_switched_off_only_for_recurrent_networks_on_cuda():
     assert not _has_cuda_rnn(cpu_lstm, nn.Sequential(gpu_linear))
     assert _has_cuda_rnn(nn.Sequential(nn.Linear(2, 2), gpu_lstm))
     assert _has_cuda_rnn(object(), gpu_lstm)  # anything that is not a module is passed over
+
+
+def test_step_and_surrogate_carry_size_and_beta():
+    """loss_and_surrogate's loss is −(N/B) Σ ELBO_β at λ_K (B-scaled without size); step
+    returns that loss (β = 1 when not given) and moves each parameter by −η/N times the
+    surrogate's gradient (plain SGD on the per-datapoint gradient)."""
+    import functools
+
+    from pyro_skipvae.infer.optim import Optimizer
+
+    model, guide, x, inference = _evaluation_problem(4, num_refine_steps=2)
+    for size, beta in ((40, 0.3), (None, 1.0)):
+        pyro.set_rng_seed(6)
+        loss, _ = inference.loss_and_surrogate(x, size=size, beta=beta)
+        pyro.set_rng_seed(6)
+        refined, _, _ = inference.refinement.run(
+            model, guide, Trace_ELBO(), x, guide.local_params(x), beta=beta
+        )
+        by_hand = Trace_ELBO().differentiable_loss(
+            model, functools.partial(guide, local_params=refined), x, size=size, beta=beta
+        )
+        assert loss.item() == pytest.approx(by_hand.item(), rel=1e-12)
+    params = list(model.parameters()) + list(guide.parameters())
+    pyro.set_rng_seed(6)
+    loss, surrogate = inference.loss_and_surrogate(x, size=40)
+    grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+    before = [p.detach().clone() for p in params]
+    inference.optim = Optimizer(params, name="sgd", learning_rate=0.1, clip_norm=None)
+    pyro.set_rng_seed(6)
+    assert inference.step(x, size=40) == pytest.approx(loss.item(), rel=1e-12)
+    for p, p0, g in zip(params, before, grads):
+        expected = p0 if g is None else p0 - 0.1 * g / 40
+        assert torch.allclose(p.detach(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_kl_mode_adds_the_encoders_kl_to_the_refined_posterior():
+    _, _, x, inference = _evaluation_problem(4, mode="kl", num_refine_steps=3)
+    loss, surrogate = inference.loss_and_surrogate(x, size=40)
+    assert (surrogate - loss).item() > 0.01  # (N/B) Σ KL(q_λ0 ‖ q_λK) > 0: λ_K moved
+
+
+def test_semi_amortized_defaults_are_the_authors_and_limits_are_inclusive():
+    model, guide = linear_gaussian()
+    inference = SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), Trace_ELBO())
+    assert inference.refinement == Refinement()  # K = 20, η = 1, ρ = 0.5, clip 5, log σ²
+    assert inference.refine_batch_size is None
+    one = SemiAmortizedSVI(
+        model, guide, pyro.optim.Adam({}), Trace_ELBO(), num_refine_steps=1, refine_batch_size=1
+    )
+    assert one.refinement.num_refine_steps == 1 and one.refine_batch_size == 1
+    with pytest.raises(ConfigError, match="refine_batch_size"):
+        SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), Trace_ELBO(), refine_batch_size="3")
