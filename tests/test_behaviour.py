@@ -179,3 +179,23 @@ def test_dynamic_binarisation_draws_only_from_the_generator_it_is_given():
     binarize(x, "dynamic", torch.Generator().manual_seed(3))
     assert torch.equal(state, torch.get_rng_state()), "the global RNG must not be consumed"
     assert math.isclose(a.mean().item(), x.mean().item(), abs_tol=0.05)
+
+
+def test_mlp_encoder_is_its_formula_layer_by_layer():
+    """h = ReLU(W_2 ReLU(W_1 x + b_1) + b_2); (μ, log σ²) = the two halves of A h + a."""
+    from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.guides import MLPEncoder
+
+    torch.manual_seed(0)
+    encoder = MLPEncoder((2, 3), 2, hidden_dims=(5, 4)).double()
+    x = torch.rand(7, 2, 3, dtype=torch.float64)
+    linears = [m for m in encoder.body if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(6, 5), (5, 4)]
+    h = x.reshape(7, 6)
+    for m in linears:
+        h = torch.relu(h @ m.weight.T + m.bias)
+    out = h @ encoder.head.weight.T + encoder.head.bias
+    loc, log_var = encoder(x)
+    assert torch.allclose(loc, out[:, :2], rtol=1e-12) and torch.allclose(log_var, out[:, 2:])
+    with pytest.raises(ConfigError, match="hidden_dims"):
+        MLPEncoder((2, 3), 2, hidden_dims=(5, 0))

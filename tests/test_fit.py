@@ -206,3 +206,36 @@ def test_rng_state_carries_every_gpu_generator_where_there_are_gpus(monkeypatch)
     assert without["cuda"] == []
     checkpoint.set_rng_state(state)  # written on a GPU machine, resumed on a CPU-only one
     assert len(restored) == 1
+
+
+def test_checkpoint_load_says_what_is_wrong_and_unpickles_no_code(tmp_path):
+    from pyro_skipvae import checkpoint
+    from pyro_skipvae.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="checkpoint not found: expected a file at"):
+        checkpoint.load(tmp_path / "missing.pt")
+    torch.save({"step": 3}, tmp_path / "plain.pt")
+    with pytest.raises(
+        CheckpointError, match="not a pyro-skipvae checkpoint \\(no 'format' key\\)"
+    ):
+        checkpoint.load(tmp_path / "plain.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match=r"is corrupt .*\((Unpickling|Runtime|Bad)\w*Error: "):
+        checkpoint.load(tmp_path / "junk.pt")
+    import datetime
+
+    torch.save({"format": 1, "object": datetime.date(2020, 1, 1)}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        checkpoint.load(tmp_path / "pickled.pt")
+
+
+def test_json_files_are_written_sorted_and_indented(tmp_path):
+    """config.json and friends: stable key order (diffs between runs) and one key a line."""
+    from pyro_skipvae.checkpoint import atomic_write_json
+
+    atomic_write_json(tmp_path / "a.json", {"b": 1, "a": {"d": [1, 2], "c": "é"}})
+    text = (tmp_path / "a.json").read_text(encoding="utf-8")
+    assert (
+        text
+        == '{\n  "a": {\n    "c": "\\u00e9",\n    "d": [\n      1,\n      2\n    ]\n  },\n  "b": 1\n}\n'
+    )

@@ -183,3 +183,23 @@ def test_every_registered_elbo_trains_on_real_mnist(name, mnist, tiny_options):
     # an untrained model scores about −543 nats; every objective must make real progress
     assert history[-1]["val_elbo"] > history[0]["val_elbo"] + 30, history
     assert all(math.isfinite(r["train_elbo"]) for r in history)
+
+
+def test_svi_evaluates_in_eval_mode_with_the_amortized_guide():
+    """SVI.evaluate_metrics: every network call in eval() mode, training mode restored after,
+    and the KL is the encoder's own (analytic, so exactly that of its (μ, log σ²))."""
+    from pyro_skipvae.infer import SVI, Optimizer
+
+    torch.manual_seed(0)
+    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(4,))
+    x = torch.bernoulli(torch.full((5, 6), 0.5))
+    modes = []
+    for module in (vae.model.decoder, vae.guide.encoder):
+        module.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    svi = SVI(vae.model, vae.guide, Optimizer(vae.parameters()), TraceMeanField_ELBO())
+    metrics = svi.evaluate_metrics(x, batch_size=2)
+    assert set(metrics) == {"elbo", "kl"} and modes and not any(modes)
+    assert vae.model.training and vae.guide.training
+    loc, log_var = vae.guide.local_params(x)
+    kl = 0.5 * (log_var.exp() + loc**2 - 1 - log_var).sum(-1)
+    assert metrics["kl"] == pytest.approx(kl.mean().item(), rel=1e-6)
