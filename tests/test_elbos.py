@@ -228,3 +228,31 @@ def test_jit_elbo_is_trace_elbo_on_the_same_draws(beta):
         pyro.set_rng_seed(5)
         got = getattr(jit, method)(model, guide, x, size=N, **kwargs)
         assert float(got) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "name, num_particles, message",
+    [
+        ("trace", 0, "num_particles must be an integer >= 1, found 0"),
+        ("trace", True, "num_particles must be an integer >= 1, found True"),
+        ("trace", 2.0, "num_particles must be an integer >= 1, found 2.0"),
+        ("iwae", 1, "num_particles must be an integer >= 2, found 1"),
+    ],
+)
+def test_bad_particle_counts_are_config_errors(name, num_particles, message):
+    with pytest.raises(ConfigError, match=message):
+        ELBOS.build(name, options={"num_particles": num_particles})
+
+
+def test_jit_elbo_keeps_tracer_warnings_quiet():
+    """Tracing the model warns about Python values frozen into the graph (expected here); the
+    wrapper silences them, so users of ``--elbo jit`` see no noise."""
+    import warnings
+
+    from pyro_skipvae.infer.elbos import JitELBO
+
+    model, guide, _, x, _ = linear_gaussian()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        JitELBO().loss(model, guide, x, size=N)
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
