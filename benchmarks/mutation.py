@@ -60,6 +60,9 @@ def main(argv=None):
 
     status, modules = verdicts()
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    unknown = sorted(set(equivalent) - set(status))
+    if unknown:
+        sys.exit(f"{EQUIVALENT.name} names mutants this run does not have: {unknown}")
     counts = Counter(status.values())
     killed = sum(counts[s] for s in KILLED)
     not_killed = sorted(n for n, s in status.items() if s not in KILLED)

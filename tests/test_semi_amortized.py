@@ -467,8 +467,10 @@ def test_svi_mode_reads_the_latent_size_from_a_guide_without_an_encoder():
             return guide(*args, **kwargs)
 
     inference = SemiAmortizedSVI(model, BareGuide(), pyro.optim.Adam({}), Trace_ELBO(), mode="svi")
-    loc0, log_var0 = inference.initial_params(torch.zeros(3, P))
+    # token ids (integers) still get floating-point λ₀
+    loc0, log_var0 = inference.initial_params(torch.zeros(3, P, dtype=torch.long))
     assert loc0.shape == log_var0.shape == (3, D) and not loc0.any() and not log_var0.any()
+    assert loc0.dtype == log_var0.dtype == torch.get_default_dtype()
 
 
 def test_evaluate_loss_is_the_scaled_beta_bound_at_the_refined_parameters():
@@ -508,6 +510,11 @@ def test_cudnn_is_switched_off_only_for_recurrent_networks_on_cuda():
     gpu_lstm.weight_hh_l0 = OnCuda(gpu_lstm.weight_hh_l0.detach())
     gpu_linear.weight = OnCuda(gpu_linear.weight.detach())
     assert not _has_cuda_rnn(cpu_lstm, nn.Sequential(gpu_linear))
+    for mode, enabled in (("end-to-end", False), ("stop-gradient", True)):
+        inference = SemiAmortizedSVI(gpu_lstm, cpu_lstm, None, Trace_ELBO(), mode=mode)
+        with inference._rnn_context():
+            assert torch.backends.cudnn.enabled is enabled
+        assert torch.backends.cudnn.enabled
     assert _has_cuda_rnn(nn.Sequential(nn.Linear(2, 2), gpu_lstm))
     assert _has_cuda_rnn(object(), gpu_lstm)  # anything that is not a module is passed over
 
@@ -533,28 +540,44 @@ def test_step_and_surrogate_carry_size_and_beta():
         )
         assert loss.item() == pytest.approx(by_hand.item(), rel=1e-12)
     params = list(model.parameters()) + list(guide.parameters())
-    pyro.set_rng_seed(6)
-    loss, surrogate = inference.loss_and_surrogate(x, size=40)
-    grads = torch.autograd.grad(surrogate, params, allow_unused=True)
-    before = [p.detach().clone() for p in params]
     inference.optim = Optimizer(params, name="sgd", learning_rate=0.1, clip_norm=None)
-    pyro.set_rng_seed(6)
-    assert inference.step(x, size=40) == pytest.approx(loss.item(), rel=1e-12)
-    for p, p0, g in zip(params, before, grads):
-        expected = p0 if g is None else p0 - 0.1 * g / 40
-        assert torch.allclose(p.detach(), expected, rtol=1e-10, atol=1e-12)
+    for size, beta in ((40, {}), (None, {"beta": 0.3})):
+        pyro.set_rng_seed(6)
+        loss, surrogate = inference.loss_and_surrogate(x, size=size, beta=beta.get("beta", 1.0))
+        grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+        before = [p.detach().clone() for p in params]
+        pyro.set_rng_seed(6)
+        assert inference.step(x, size=size, **beta) == pytest.approx(loss.item(), rel=1e-12)
+        for p, p0, g in zip(params, before, grads):
+            expected = p0 if g is None else p0 - 0.1 * g / (size or x.shape[0])
+            assert torch.allclose(p.detach(), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_kl_mode_adds_the_encoders_kl_to_the_refined_posterior():
-    _, _, x, inference = _evaluation_problem(4, mode="kl", num_refine_steps=3)
-    loss, surrogate = inference.loss_and_surrogate(x, size=40)
-    assert (surrogate - loss).item() > 0.01  # (N/B) Σ KL(q_λ0 ‖ q_λK) > 0: λ_K moved
+@pytest.mark.parametrize("size", [40, None])
+def test_kl_mode_adds_the_encoders_kl_to_the_refined_posterior(size):
+    """surrogate − loss = (N/B) Σ_i KL(q_λ0 ‖ q_λK) (N = B without size), by hand from the
+    same refinement (same seed)."""
+    model, guide, x, inference = _evaluation_problem(4, mode="kl", num_refine_steps=3)
+    pyro.set_rng_seed(8)
+    loss, surrogate = inference.loss_and_surrogate(x, size=size)
+    pyro.set_rng_seed(8)
+    init = guide.local_params(x)
+    (loc, log_var), _, _ = inference.refinement.run(model, guide, Trace_ELBO(), x, init)
+    q0 = dist.Normal(init[0], (0.5 * init[1]).exp())
+    kl = kl_divergence(q0, dist.Normal(loc, (0.5 * log_var).exp())).sum()
+    assert kl > 0.01  # λ_K moved
+    scale = (size or x.shape[0]) / x.shape[0]
+    assert (surrogate - loss).item() == pytest.approx(scale * kl.item(), rel=1e-10)
 
 
 def test_semi_amortized_defaults_are_the_authors_and_limits_are_inclusive():
     model, guide = linear_gaussian()
     inference = SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), Trace_ELBO())
     assert inference.refinement == Refinement()  # K = 20, η = 1, ρ = 0.5, clip 5, log σ²
+    scaled = SemiAmortizedSVI(
+        model, guide, pyro.optim.Adam({}), Trace_ELBO(), refine_coordinates="log-scale"
+    )
+    assert scaled.refinement.refine_coordinates == "log-scale"
     assert inference.refine_batch_size is None
     one = SemiAmortizedSVI(
         model, guide, pyro.optim.Adam({}), Trace_ELBO(), num_refine_steps=1, refine_batch_size=1
