@@ -199,3 +199,13 @@ def test_mlp_encoder_is_its_formula_layer_by_layer():
     assert torch.allclose(loc, out[:, :2], rtol=1e-12) and torch.allclose(log_var, out[:, 2:])
     with pytest.raises(ConfigError, match="hidden_dims"):
         MLPEncoder((2, 3), 2, hidden_dims=(5, 0))
+
+
+def test_mlp_decoder_defaults_to_skip_and_keeps_its_latent_size():
+    from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.models import MLPDecoder
+
+    decoder = MLPDecoder(2, (3,), hidden_dims=(4,))
+    assert decoder.skip and decoder.latent_dim == 2
+    with pytest.raises(ConfigError, match="hidden_dims"):
+        MLPDecoder(2, (3,), hidden_dims=(0,))

@@ -203,3 +203,61 @@ def test_svi_evaluates_in_eval_mode_with_the_amortized_guide():
     loc, log_var = vae.guide.local_params(x)
     kl = 0.5 * (log_var.exp() + loc**2 - 1 - log_var).sum(-1)
     assert metrics["kl"] == pytest.approx(kl.mean().item(), rel=1e-6)
+
+
+def test_svi_with_a_pyro_optimizer_and_its_sizes():
+    """With a PyroOptim, SVI is Pyro's (same loss on the same draws, Pyro's step, gradients
+    released after); with ours, the step is on the per-datapoint gradient: 1/size of the
+    N-scaled one, size defaulting to the minibatch's."""
+    import functools
+
+    import pyro.optim
+    from pyro.infer import Trace_ELBO
+
+    from pyro_skipvae.infer import SVI, Optimizer
+
+    torch.manual_seed(0)
+    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(4,))
+    x = torch.bernoulli(torch.full((5, 6), 0.5))
+    svi = SVI(vae.model, vae.guide, pyro.optim.SGD({"lr": 0.0}), Trace_ELBO(), num_samples=7)
+    assert svi.num_samples == 7
+    pyro.set_rng_seed(1)
+    expected = Trace_ELBO().loss(vae.model, vae.guide, x, size=50, beta=0.5)
+    pyro.set_rng_seed(1)
+    assert svi.step(x, size=50, beta=0.5) == pytest.approx(expected, rel=1e-6)
+    assert all(p.grad is None for p in vae.parameters())
+    params = list(vae.parameters())
+    for size in (50, None):
+        pyro.set_rng_seed(2)
+        loss = Trace_ELBO().differentiable_loss(
+            functools.partial(vae.model), vae.guide, x, size=size or 5
+        )
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        before = [p.detach().clone() for p in params]
+        ours = SVI(
+            vae.model,
+            vae.guide,
+            Optimizer(params, name="sgd", learning_rate=0.1, clip_norm=None),
+            Trace_ELBO(),
+        )
+        pyro.set_rng_seed(2)
+        ours.step(x, **({} if size is None else {"size": size}))
+        for p, p0, g in zip(params, before, grads):
+            step = 0 if g is None else 0.1 * g / (size or 5)
+            assert torch.allclose(p.detach(), p0 - step, rtol=1e-5, atol=1e-7)
+
+
+def test_models_and_guides_are_named_for_what_they_are_and_forgotten_when_collected():
+    import gc
+
+    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(4,))
+    assert vae.model._pyro_name.split("_")[0] == "model"
+    assert vae.guide._pyro_name.split("_")[0] == "guide"
+    from pyro.infer import Trace_ELBO
+
+    Trace_ELBO().loss(vae.model, vae.guide, torch.zeros(2, 6))  # puts the parameters in the store
+    names = (vae.model._pyro_name + ".", vae.guide._pyro_name + ".")
+    assert [n for n in pyro.get_param_store().keys() if n.startswith(names)]
+    del vae
+    gc.collect()
+    assert not [n for n in pyro.get_param_store().keys() if n.startswith(names)]

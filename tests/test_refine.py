@@ -200,3 +200,9 @@ def test_refinement_ascends_the_plain_elbo_by_default_and_divides_by_the_given_b
     by_2b = seeded(refinement.run, model, guide, elbo, x, init, batch_size=2 * B)[0]
     expected = seeded(halved.run, model, guide, elbo, x, init)[0]
     assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(by_2b, expected))
+
+
+def test_momentum_zero_is_allowed_and_a_string_is_a_config_error():
+    assert Refinement(refine_momentum=0).refine_momentum == 0
+    with pytest.raises(ConfigError, match="refine_momentum"):
+        Refinement(refine_momentum="0.5")
