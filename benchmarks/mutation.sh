@@ -23,3 +23,4 @@ ulimit -v $((16 * 1024 * 1024))
 start=$(date +%s)
 python -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@"
 python benchmarks/mutation.py --label "$label" --wall-seconds $(($(date +%s) - start))
+if [[ "$label" == after ]]; then python benchmarks/mutation_report.py; fi

@@ -73,6 +73,16 @@ KILLING_TESTS = {
     "code",
     "checkpoint.x_atomic_write_json": "test_fit.py::test_json_files_are_written_sorted_and_indented",
     "encoders.xǁMLPEncoderǁ": "test_behaviour.py::test_mlp_encoder_is_its_formula_layer_by_layer",
+    "mlp.xǁMLPDecoderǁ": "test_behaviour.py::test_mlp_decoder_defaults_to_skip_and_keeps_its_"
+    "latent_size",
+    "svi.xǁSVIǁ": "test_objectives.py::test_svi_with_a_pyro_optimizer_and_its_sizes",
+    "svi.x_apply_gradients": "test_objectives.py::test_svi_with_a_pyro_optimizer_and_its_sizes",
+    "xǁModelǁ__init__": "test_objectives.py::test_models_and_guides_are_named_for_what_they_are_"
+    "and_forgotten_when_collected",
+    "xǁGuideǁ__init__": "test_objectives.py::test_models_and_guides_are_named_for_what_they_are_"
+    "and_forgotten_when_collected",
+    "xǁRefinementǁ__post_init__": "test_refine.py::test_momentum_zero_is_allowed_and_a_string_is_"
+    "a_config_error",
     "svi.xǁSVIǁevaluate_metrics": "test_objectives.py::test_svi_evaluates_in_eval_mode_with_the_"
     "amortized_guide",
 }
@@ -88,6 +98,8 @@ REASONS = {
     "semi_amortized.xǁSemiAmortizedSVIǁloss_and_surrogate__mutmut_34": "distributed",
     "semi_amortized.xǁSemiAmortizedSVIǁstep__mutmut_22": "distributed",
     "semi_amortized.xǁSemiAmortizedSVIǁstep__mutmut_29": "distributed",
+    **{f"svi.x_apply_gradients__mutmut_{i}": "distributed" for i in range(6, 13)},
+    "svi.xǁSVIǁstep__mutmut_24": "distributed",
     "checkpoint.x_load__mutmut_7": "cuda",
     "checkpoint.x_load__mutmut_10": "cuda",
 }
@@ -129,7 +141,7 @@ def main():
         "`diagnostics/`. A first, unfinished run over the larger set (320 of 2,606 mutants,",
         "without the per-module test mapping) scored 0.69 on the mutants it reached.",
         "",
-        "\"Survived\" counts every mutant no test killed: mutmut's *survived*, *no tests* (no",
+        '"Survived" counts every mutant no test killed: mutmut\'s *survived*, *no tests* (no',
         "test of the selection calls the function, or none of the module's mapped test files",
         "does) and *timeout*; *equivalent* ones are argued in",
         "`benchmarks/mutation_equivalent.json` and below.",
@@ -147,10 +159,10 @@ def main():
         elif now in KILLED:
             now = "killed"
             why = next(
-                (t for f, t in KILLING_TESTS.items() if short.startswith(f)), "new tests above"
+                (t for f, t in KILLING_TESTS.items() if f in short), "the tests of its module"
             )
         else:
-            key = next((k for k in REASONS if short == k), None)
+            key = next((k for k in REASONS if short.endswith(k)), None)
             why = UNKILLABLE_HERE[REASONS[key]] if key else "not killed yet"
         lines.append(f"| `{short}` | `{change}` | {now} | {why} |")
     (RESULTS / "mutation.md").write_text("\n".join(lines) + "\n")
