@@ -10,7 +10,7 @@ Usage: ``python benchmarks/mutation_report.py`` after ``benchmarks/mutation.sh -
 import json
 import re
 
-from mutation import EQUIVALENT, KILLED, RESULTS, verdicts
+from mutation import EQUIVALENT, KILLED, RESULTS, diff_line, verdicts
 
 #: the tests written for the survivors of each function (mutmut names without the number)
 KILLING_TESTS = {
@@ -125,7 +125,7 @@ def main():
         "",
         "| | killed | survived | equivalent | score killed / (killed + survived) |",
         "|---|---|---|---|---|",
-        f"| before (library and tests of {b['commit']}) | {b['killed']} | {b['survived']} | "
+        f"| before (tests of {b['commit']}) | {b['killed']} | {b['survived']} | "
         f"{b['equivalent']} | {b['score']:.3f} |",
         f"| after (commit {a['commit']}) | {a['killed']} | {a['survived']} | {a['equivalent']} | "
         f"{a['score']:.3f} |",
@@ -138,8 +138,7 @@ def main():
         "`models/decoders/pixelcnn.py`, `models/decoders/lstm.py`, `guides/conv.py`,",
         "`guides/lstm.py`, `infer/fit.py`, `infer/optim.py`, `infer/annealing.py`,",
         "`infer/free_bits.py`, `infer/trace_elbo.py`, `infer/distributed.py` and all of",
-        "`diagnostics/`. A first, unfinished run over the larger set (320 of 2,606 mutants,",
-        "without the per-module test mapping) scored 0.69 on the mutants it reached.",
+        "`diagnostics/` (2,606 mutants in all with the modules above, against 1,098 here).",
         "",
         '"Survived" counts every mutant no test killed: mutmut\'s *survived*, *no tests* (no',
         "test of the selection calls the function, or none of the module's mapped test files",
@@ -151,7 +150,10 @@ def main():
         "| mutant | change | now | why |",
         "|---|---|---|---|",
     ]
+    listed = {name for name, _ in before}
+    before += [(name, diff_line(name)) for name in sorted(equivalent) if name not in listed]
     for name, change in before:
+        change = change.replace("|", "\\|")
         short = _short(name)
         now = status.get(name, "gone (function changed)")
         if name in equivalent:
