@@ -221,6 +221,8 @@ def test_svi_with_a_pyro_optimizer_and_its_sizes():
     x = torch.bernoulli(torch.full((5, 6), 0.5))
     svi = SVI(vae.model, vae.guide, pyro.optim.SGD({"lr": 0.0}), Trace_ELBO(), num_samples=7)
     assert svi.num_samples == 7
+    ours = SVI(vae.model, vae.guide, Optimizer(vae.parameters()), Trace_ELBO(), num_samples=7)
+    assert ours.num_samples == 7
     pyro.set_rng_seed(1)
     expected = Trace_ELBO().loss(vae.model, vae.guide, x, size=50, beta=0.5)
     pyro.set_rng_seed(1)
@@ -245,19 +247,3 @@ def test_svi_with_a_pyro_optimizer_and_its_sizes():
         for p, p0, g in zip(params, before, grads):
             step = 0 if g is None else 0.1 * g / (size or 5)
             assert torch.allclose(p.detach(), p0 - step, rtol=1e-5, atol=1e-7)
-
-
-def test_models_and_guides_are_named_for_what_they_are_and_forgotten_when_collected():
-    import gc
-
-    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(4,))
-    assert vae.model._pyro_name.split("_")[0] == "model"
-    assert vae.guide._pyro_name.split("_")[0] == "guide"
-    from pyro.infer import Trace_ELBO
-
-    Trace_ELBO().loss(vae.model, vae.guide, torch.zeros(2, 6))  # puts the parameters in the store
-    names = (vae.model._pyro_name + ".", vae.guide._pyro_name + ".")
-    assert [n for n in pyro.get_param_store().keys() if n.startswith(names)]
-    del vae
-    gc.collect()
-    assert not [n for n in pyro.get_param_store().keys() if n.startswith(names)]

@@ -510,11 +510,12 @@ def test_cudnn_is_switched_off_only_for_recurrent_networks_on_cuda():
     gpu_lstm.weight_hh_l0 = OnCuda(gpu_lstm.weight_hh_l0.detach())
     gpu_linear.weight = OnCuda(gpu_linear.weight.detach())
     assert not _has_cuda_rnn(cpu_lstm, nn.Sequential(gpu_linear))
-    for mode, enabled in (("end-to-end", False), ("stop-gradient", True)):
-        inference = SemiAmortizedSVI(gpu_lstm, cpu_lstm, None, Trace_ELBO(), mode=mode)
-        with inference._rnn_context():
-            assert torch.backends.cudnn.enabled is enabled
-        assert torch.backends.cudnn.enabled
+    for model, guide in ((gpu_lstm, cpu_lstm), (cpu_lstm, gpu_lstm)):
+        for mode, enabled in (("end-to-end", False), ("stop-gradient", True)):
+            inference = SemiAmortizedSVI(model, guide, None, Trace_ELBO(), mode=mode)
+            with inference._rnn_context():
+                assert torch.backends.cudnn.enabled is enabled
+            assert torch.backends.cudnn.enabled
     assert _has_cuda_rnn(nn.Sequential(nn.Linear(2, 2), gpu_lstm))
     assert _has_cuda_rnn(object(), gpu_lstm)  # anything that is not a module is passed over
 
@@ -585,3 +586,18 @@ def test_semi_amortized_defaults_are_the_authors_and_limits_are_inclusive():
     assert one.refinement.num_refine_steps == 1 and one.refine_batch_size == 1
     with pytest.raises(ConfigError, match="refine_batch_size"):
         SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), Trace_ELBO(), refine_batch_size="3")
+
+
+def test_refined_guide_defaults_to_minibatches_of_50_and_passes_the_plate_size():
+    from pyro import poutine
+
+    from pyro_skipvae.infer.semi_amortized import _family
+
+    _, _, x, inference = _evaluation_problem(51, num_refine_steps=1)
+    trace = poutine.trace(inference.refined_guide()).get_trace(x, size=510)
+    assert [size for size, _ in inference.refinement.calls] == [50, 1]
+    assert trace.nodes["z"]["scale"] == 10.0
+    assert _family(dist.StudentT(3.0, torch.zeros(2), 1.0).to_event(1)) == "Independent(StudentT)"
+    model, guide = linear_gaussian()
+    with pytest.raises(ConfigError, match="differentiable_loss .*found object$"):
+        SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), object())
