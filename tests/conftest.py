@@ -65,3 +65,58 @@ def skipvae_exe():
     found = shutil.which("skipvae") or str(Path(sys.executable).with_name("skipvae"))
     assert os.path.exists(found), "the console script `skipvae` must be installed"
     return found
+
+
+#: Mutation testing (benchmarks/mutation.sh): the test files that specify each mutated
+#: module's behaviour. mutmut already runs only the tests that call a mutated function; this
+#: narrows them to the module's own tests, so that a surviving mutant of a function every
+#: test passes through (Model.forward, say) costs seconds, not the whole suite. The longest
+#: matching module prefix wins; a mutant of a module not listed runs all its tests.
+MUTATION_TESTS = {
+    "pyro_skipvae.checkpoint": ["test_fit", "test_behaviour", "test_optim"],
+    "pyro_skipvae.diagnostics": ["test_diagnostics", "test_properties"],
+    "pyro_skipvae.diagnostics.nll": ["test_diagnostics", "test_properties", "test_pixelcnn"],
+    "pyro_skipvae.diagnostics.text": ["test_text"],
+    "pyro_skipvae.guides": [
+        "test_behaviour",
+        "test_models",
+        "test_refine",
+        "test_conv_encoder",
+        "test_components",
+    ],
+    "pyro_skipvae.infer": ["test_objectives", "test_behaviour", "test_fit"],
+    "pyro_skipvae.infer.elbos": ["test_elbos", "test_objectives", "test_trace_elbo"],
+    "pyro_skipvae.infer.fit": ["test_fit", "test_behaviour", "test_optim"],
+    "pyro_skipvae.infer.optim": ["test_optim", "test_fit"],
+    "pyro_skipvae.infer.refine": ["test_refine", "test_semi_amortized"],
+    "pyro_skipvae.infer.semi_amortized": [
+        "test_semi_amortized",
+        "test_refine",
+        "test_objectives",
+        "test_components",
+    ],
+    "pyro_skipvae.models": ["test_behaviour", "test_models", "test_properties"],
+    "pyro_skipvae.models.decoders.lstm": ["test_text", "test_skip_wiring"],
+    "pyro_skipvae.models.decoders.pixelcnn": ["test_pixelcnn", "test_skip_wiring"],
+    "pyro_skipvae.models.likelihoods": [
+        "test_models",
+        "test_text",
+        "test_pixelcnn",
+        "test_components",
+        "test_skip_wiring",
+    ],
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if "__mutmut_" not in mutant:  # not running a mutant (or mutmut's own bookkeeping runs)
+        return
+    module = mutant.split(".x", 1)[0]  # mutmut names: package.module.x_function__mutmut_3
+    prefixes = [p for p in MUTATION_TESTS if module == p or module.startswith(p + ".")]
+    if not prefixes:
+        return
+    files = MUTATION_TESTS[max(prefixes, key=len)]
+    keep = [item for item in items if item.path.stem in files]
+    config.hook.pytest_deselected(items=[item for item in items if item.path.stem not in files])
+    items[:] = keep

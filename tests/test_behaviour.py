@@ -193,3 +193,68 @@ def test_dynamic_binarisation_draws_only_from_the_generator_it_is_given():
     binarize(x, "dynamic", torch.Generator().manual_seed(3))
     assert torch.equal(state, torch.get_rng_state()), "the global RNG must not be consumed"
     assert math.isclose(a.mean().item(), x.mean().item(), abs_tol=0.05)
+
+
+def test_mlp_encoder_is_its_formula_layer_by_layer():
+    """h = ReLU(W_2 ReLU(W_1 x + b_1) + b_2); (μ, log σ²) = the two halves of A h + a."""
+    from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.guides import MLPEncoder
+
+    torch.manual_seed(0)
+    encoder = MLPEncoder((2, 3), 2, hidden_dims=(5, 4)).double()
+    x = torch.rand(7, 2, 3, dtype=torch.float64)
+    linears = [m for m in encoder.body if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(6, 5), (5, 4)]
+    h = x.reshape(7, 6)
+    for m in linears:
+        h = torch.relu(h @ m.weight.T + m.bias)
+    out = h @ encoder.head.weight.T + encoder.head.bias
+    loc, log_var = encoder(x)
+    assert torch.allclose(loc, out[:, :2], rtol=1e-12) and torch.allclose(log_var, out[:, 2:])
+    with pytest.raises(ConfigError, match="^hidden_dims must be one or more positive widths"):
+        MLPEncoder((2, 3), 2, hidden_dims=(5, 0))
+
+
+def test_mlp_decoder_defaults_to_skip_and_keeps_its_latent_size():
+    from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.models import MLPDecoder
+
+    decoder = MLPDecoder(2, (3,), hidden_dims=(4,))
+    assert decoder.skip and decoder.latent_dim == 2
+    with pytest.raises(ConfigError, match="^hidden_dims must be one or more positive widths"):
+        MLPDecoder(2, (3,), hidden_dims=(0,))
+
+
+def test_flow_guide_builds_the_flows_it_is_asked_for():
+    from pyro.distributions.transforms import AffineAutoregressive, SplineAutoregressive
+
+    from pyro_skipvae.guides import MLPEncoder
+    from pyro_skipvae.guides.guide import FlowGuide
+
+    encoder = MLPEncoder((4,), 3, hidden_dims=(5,))
+    guide = FlowGuide(encoder, flow="spline", num_flows=3, hidden_dims=(7,), name="my_guide")
+    assert guide._pyro_name == "my_guide"
+    assert len(guide.flows) == 3 and all(isinstance(f, SplineAutoregressive) for f in guide.flows)
+    assert all(f.arn.layers[0].out_features == 7 for f in guide.flows)
+    default = FlowGuide(MLPEncoder((4,), 3, hidden_dims=(5,)))
+    assert len(default.flows) == 2 and all(
+        isinstance(f, AffineAutoregressive) for f in default.flows
+    )
+
+
+def test_models_and_guides_are_named_for_what_they_are_and_forgotten_when_collected():
+    import gc
+
+    from pyro_skipvae import SkipVAE
+
+    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(4,))
+    assert vae.model._pyro_name.split("_")[0] == "model"
+    assert vae.guide._pyro_name.split("_")[0] == "guide"
+    from pyro.infer import Trace_ELBO
+
+    Trace_ELBO().loss(vae.model, vae.guide, torch.zeros(2, 6))  # puts the parameters in the store
+    names = (vae.model._pyro_name + ".", vae.guide._pyro_name + ".")
+    assert [n for n in pyro.get_param_store().keys() if n.startswith(names)]
+    del vae
+    gc.collect()
+    assert not [n for n in pyro.get_param_store().keys() if n.startswith(names)]

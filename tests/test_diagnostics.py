@@ -441,3 +441,18 @@ def test_consistency_checks_fail_on_impossible_numbers():
     assert not consistency_checks({**good, "log_n": 1.5})["mi_le_log_n"]
     assert not consistency_checks({**good, "log_n": 9.0, "kl": 1.0})["mi_le_kl"]
     assert not consistency_checks({**good, "log_n": 9.0, "agg_kl": -1.0})["agg_kl_ge_0"]
+
+
+def test_an_estimate_survives_pickling_and_shows_its_parts():
+    """Estimates cross process boundaries (torch.save of results, multiprocessing) whole."""
+    import pickle
+
+    from pyro_skipvae.diagnostics.estimate import Estimate
+
+    terms = torch.tensor([1.0, 2.0, 4.0])
+    e = Estimate(2.5, 0.1, estimator="full-set", per_datapoint=terms, log_n=9.21)
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is Estimate and float(back) == 2.5 and back.se == 0.1
+    assert back.estimator == "full-set" and back.info == {"log_n": 9.21}
+    assert torch.equal(back.per_datapoint, terms)
+    assert repr(e) == "Estimate(2.5, se=0.1, estimator='full-set', log_n=9.21)"

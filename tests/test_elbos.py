@@ -136,3 +136,123 @@ def test_iwae_trains_through_fit_on_real_mnist(mnist, tiny_options, elbo):
     # IWAE objective must do as well: at least 50 nats of progress.
     assert history[-1]["val_elbo"] > history[0]["val_elbo"] + 50
     assert all(math.isfinite(r["train_elbo"]) for r in history)
+
+
+@pytest.mark.parametrize("wrap", ["per-datapoint", "vectorized", "jit"])
+def test_wrapped_elbos_trace_model_and_guide_as_the_wrapped_elbo(wrap):
+    """Pyro's trace utilities (``_get_traces``) see through the wrappers: the same sites, the
+    guide's draw replayed in the model, vectorised particles in their own plate."""
+    from pyro.infer import Trace_ELBO
+
+    from pyro_skipvae.infer.elbos import JitELBO
+
+    model, guide, _, x, _ = linear_gaussian()
+    elbo = {
+        "per-datapoint": lambda: PerDatapointBound(Trace_ELBO()),
+        "vectorized": lambda: PerDatapointBound(
+            RenyiELBO(alpha=0.0, num_particles=K, vectorize_particles=True, max_plate_nesting=1)
+        ),
+        "jit": JitELBO,
+    }[wrap]()
+    model_trace, guide_trace = next(elbo._get_traces(model, guide, (x,), {"size": N}))
+    shape = (K, B, D) if wrap == "vectorized" else (B, D)
+    assert guide_trace.nodes["z"]["value"].shape == shape
+    assert set(guide_trace.stochastic_nodes) == {"z"}
+    assert model_trace.nodes["x"]["is_observed"] and torch.equal(model_trace.nodes["x"]["value"], x)
+    assert torch.equal(model_trace.nodes["z"]["value"], guide_trace.nodes["z"]["value"])
+    assert model_trace.nodes["z"]["scale"] == N / B
+
+
+def test_wrappers_carry_the_wrapped_settings():
+    from pyro_skipvae.infer.elbos import JitELBO
+
+    renyi = RenyiELBO(alpha=0.0, num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    wrapped = PerDatapointBound(renyi)
+    settings = ("num_particles", "max_plate_nesting", "vectorize_particles")
+    assert [getattr(wrapped, s) for s in settings] == [getattr(renyi, s) for s in settings]
+    assert wrapped.num_particles == 4 and wrapped.vectorize_particles
+    assert repr(wrapped) == "PerDatapointBound(RenyiELBO)"
+    jit = JitELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    for elbo in (jit, jit.elbo):  # max_plate_nesting: the data plate and the particles'
+        assert (elbo.num_particles, elbo.vectorize_particles, elbo.max_plate_nesting) == (
+            3,
+            True,
+            2,
+        )
+    assert jit.elbo.ignore_jit_warnings
+
+
+def test_per_datapoint_bound_returns_the_scaled_loss_and_passes_beta():
+    """loss_and_grads returns −(N/B) × the per-datapoint bound at β, the same number loss()
+    gives on the same draws."""
+    model, guide, draws, x, (W, b) = linear_gaussian()
+    elbo = ELBOS.build("iwae", options={"num_particles": K})
+    pyro.set_rng_seed(4)
+    loss = elbo.loss_and_grads(model, guide, x, size=N, beta=0.3)
+    expected = -(N / B) * iwae_by_hand(x, draws[-1], W, b, beta=0.3)
+    assert loss == pytest.approx(expected.item(), rel=1e-10)
+
+
+def test_per_datapoint_bound_restores_gradients_of_parameters_it_did_not_touch():
+    """A parameter of an earlier call, absent from this one's trace, keeps its gradient."""
+    model, guide, _, x, _ = linear_gaussian()
+    elbo = ELBOS.build("iwae", options={"num_particles": K})
+    elbo.loss_and_grads(model, guide, x, size=N)  # "A" is now one of the bound's parameters
+    A = pyro.param("A").unconstrained()
+    A.grad = torch.ones_like(A)
+
+    def other_guide(x, *, size=None, beta=1.0):
+        with data_plate(x, size):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], D), 1.0).to_event(1))
+
+    pyro.param("other", torch.zeros(1)).unconstrained().grad = None
+    elbo.loss_and_grads(model, other_guide, x, size=N)
+    assert torch.equal(A.grad, torch.ones_like(A))
+
+
+@pytest.mark.parametrize("beta", [None, 0.3])
+def test_jit_elbo_is_trace_elbo_on_the_same_draws(beta):
+    """Same seed, same draws: JitELBO's loss (and loss_and_grads') equals Trace_ELBO's, with
+    β = 1 when not given."""
+    from pyro.infer import Trace_ELBO
+
+    from pyro_skipvae.infer.elbos import JitELBO
+
+    model, guide, _, x, _ = linear_gaussian()
+    kwargs = {} if beta is None else {"beta": beta}
+    pyro.set_rng_seed(5)
+    expected = Trace_ELBO().loss(model, guide, x, size=N, **kwargs)
+    for method in ("loss", "loss_and_grads"):
+        jit = JitELBO()
+        getattr(jit, method)(model, guide, x, size=N, **kwargs)  # compiles (and draws)
+        pyro.set_rng_seed(5)
+        got = getattr(jit, method)(model, guide, x, size=N, **kwargs)
+        assert float(got) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "name, num_particles, message",
+    [
+        ("trace", 0, "num_particles must be an integer >= 1, found 0"),
+        ("trace", True, "num_particles must be an integer >= 1, found True"),
+        ("trace", 2.0, "num_particles must be an integer >= 1, found 2.0"),
+        ("iwae", 1, "num_particles must be an integer >= 2, found 1"),
+    ],
+)
+def test_bad_particle_counts_are_config_errors(name, num_particles, message):
+    with pytest.raises(ConfigError, match=message):
+        ELBOS.build(name, options={"num_particles": num_particles})
+
+
+def test_jit_elbo_keeps_tracer_warnings_quiet():
+    """Tracing the model warns about Python values frozen into the graph (expected here); the
+    wrapper silences them, so users of ``--elbo jit`` see no noise."""
+    import warnings
+
+    from pyro_skipvae.infer.elbos import JitELBO
+
+    model, guide, _, x, _ = linear_gaussian()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        JitELBO().loss(model, guide, x, size=N)
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]

@@ -210,3 +210,56 @@ def test_users_own_files(tmp_path, tiny_options):
         load_dataset(str(tmp_path / "bad.pt"))
     with pytest.raises(ConfigError, match="unknown dataset"):
         load_dataset("cifar")
+
+
+def test_rng_state_carries_every_gpu_generator_where_there_are_gpus(monkeypatch):
+    """The checkpoint's RNG state holds each CUDA device's generator when CUDA is present (faked
+    here: the CPU suite has no GPU) and restores it only where CUDA is present again."""
+    from pyro_skipvae import checkpoint
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([1, 2])])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = checkpoint.get_rng_state()
+    assert [s.tolist() for s in state["cuda"]] == [[1, 2]]
+    checkpoint.set_rng_state(state)
+    assert restored == [state["cuda"]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    without = checkpoint.get_rng_state()
+    assert without["cuda"] == []
+    checkpoint.set_rng_state(state)  # written on a GPU machine, resumed on a CPU-only one
+    assert len(restored) == 1
+
+
+def test_checkpoint_load_says_what_is_wrong_and_unpickles_no_code(tmp_path):
+    from pyro_skipvae import checkpoint
+    from pyro_skipvae.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="checkpoint not found: expected a file at"):
+        checkpoint.load(tmp_path / "missing.pt")
+    torch.save({"step": 3}, tmp_path / "plain.pt")
+    with pytest.raises(
+        CheckpointError, match="not a pyro-skipvae checkpoint \\(no 'format' key\\)"
+    ):
+        checkpoint.load(tmp_path / "plain.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match=r"is corrupt .*\((Unpickling|Runtime|Bad)\w*Error: "):
+        checkpoint.load(tmp_path / "junk.pt")
+    import datetime
+
+    torch.save({"format": 1, "object": datetime.date(2020, 1, 1)}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        checkpoint.load(tmp_path / "pickled.pt")
+
+
+def test_json_files_are_written_sorted_and_indented(tmp_path):
+    """config.json and friends: stable key order (diffs between runs) and one key a line."""
+    from pyro_skipvae.checkpoint import atomic_write_json
+
+    atomic_write_json(tmp_path / "a.json", {"b": 1, "a": {"d": [1, 2], "c": "é"}})
+    text = (tmp_path / "a.json").read_text(encoding="utf-8")
+    assert (
+        text
+        == '{\n  "a": {\n    "c": "\\u00e9",\n    "d": [\n      1,\n      2\n    ]\n  },\n  "b": 1\n}\n'
+    )

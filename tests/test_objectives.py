@@ -183,3 +183,67 @@ def test_every_registered_elbo_trains_on_real_mnist(name, mnist, tiny_options):
     # an untrained model scores about −543 nats; every objective must make real progress
     assert history[-1]["val_elbo"] > history[0]["val_elbo"] + 30, history
     assert all(math.isfinite(r["train_elbo"]) for r in history)
+
+
+def test_svi_evaluates_in_eval_mode_with_the_amortized_guide():
+    """SVI.evaluate_metrics: every network call in eval() mode, training mode restored after,
+    and the KL is the encoder's own (analytic, so exactly that of its (μ, log σ²))."""
+    from pyro_skipvae.infer import SVI, Optimizer
+
+    torch.manual_seed(0)
+    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(4,))
+    x = torch.bernoulli(torch.full((5, 6), 0.5))
+    modes = []
+    for module in (vae.model.decoder, vae.guide.encoder):
+        module.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    svi = SVI(vae.model, vae.guide, Optimizer(vae.parameters()), TraceMeanField_ELBO())
+    metrics = svi.evaluate_metrics(x, batch_size=2)
+    assert set(metrics) == {"elbo", "kl"} and modes and not any(modes)
+    assert vae.model.training and vae.guide.training
+    loc, log_var = vae.guide.local_params(x)
+    kl = 0.5 * (log_var.exp() + loc**2 - 1 - log_var).sum(-1)
+    assert metrics["kl"] == pytest.approx(kl.mean().item(), rel=1e-6)
+
+
+def test_svi_with_a_pyro_optimizer_and_its_sizes():
+    """With a PyroOptim, SVI is Pyro's (same loss on the same draws, Pyro's step, gradients
+    released after); with ours, the step is on the per-datapoint gradient: 1/size of the
+    N-scaled one, size defaulting to the minibatch's."""
+    import functools
+
+    import pyro.optim
+    from pyro.infer import Trace_ELBO
+
+    from pyro_skipvae.infer import SVI, Optimizer
+
+    torch.manual_seed(0)
+    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(4,))
+    x = torch.bernoulli(torch.full((5, 6), 0.5))
+    svi = SVI(vae.model, vae.guide, pyro.optim.SGD({"lr": 0.0}), Trace_ELBO(), num_samples=7)
+    assert svi.num_samples == 7
+    ours = SVI(vae.model, vae.guide, Optimizer(vae.parameters()), Trace_ELBO(), num_samples=7)
+    assert ours.num_samples == 7
+    pyro.set_rng_seed(1)
+    expected = Trace_ELBO().loss(vae.model, vae.guide, x, size=50, beta=0.5)
+    pyro.set_rng_seed(1)
+    assert svi.step(x, size=50, beta=0.5) == pytest.approx(expected, rel=1e-6)
+    assert all(p.grad is None for p in vae.parameters())
+    params = list(vae.parameters())
+    for size in (50, None):
+        pyro.set_rng_seed(2)
+        loss = Trace_ELBO().differentiable_loss(
+            functools.partial(vae.model), vae.guide, x, size=size or 5
+        )
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        before = [p.detach().clone() for p in params]
+        ours = SVI(
+            vae.model,
+            vae.guide,
+            Optimizer(params, name="sgd", learning_rate=0.1, clip_norm=None),
+            Trace_ELBO(),
+        )
+        pyro.set_rng_seed(2)
+        ours.step(x, **({} if size is None else {"size": size}))
+        for p, p0, g in zip(params, before, grads):
+            step = 0 if g is None else 0.1 * g / (size or 5)
+            assert torch.allclose(p.detach(), p0 - step, rtol=1e-5, atol=1e-7)

@@ -76,7 +76,7 @@ def clip(g, c):
 
 
 @pytest.mark.parametrize("coordinates", ["log-variance", "log-scale"])
-@pytest.mark.parametrize("max_norm", [None, 0.05])
+@pytest.mark.parametrize("max_norm", [None, 0.05, 1e3])
 def test_two_steps_equal_algorithm_1_by_hand(coordinates, max_norm):
     model, guide, x, init = problem()
     lr, rho = 0.9, 0.5
@@ -104,8 +104,10 @@ def test_two_steps_equal_algorithm_1_by_hand(coordinates, max_norm):
         grads = [g if max_norm is None else clip(g, max_norm) for g in grads]
         momenta = grads if momenta is None else [rho * m + g for m, g in zip(momenta, grads)]
         loc, u = loc - lr * momenta[0], u - lr * momenta[1]
-    if max_norm is not None:  # the clip must bite for this case to test it
+    if max_norm == 0.05:  # the clip must bite for this case to test it
         assert min(grad_norms) > max_norm
+    if max_norm == 1e3:  # and here it must leave gradients far below it alone (not scale up)
+        assert max(grad_norms) < max_norm / 2
     assert torch.allclose(loc2, loc, rtol=1e-10, atol=1e-12)
     assert torch.allclose(log_var2, from_u(u), rtol=1e-10, atol=1e-12)
 
@@ -147,3 +149,60 @@ def test_from_options_reads_only_refinement_settings():
         {"mode": "kl", "num_refine_steps": 7, "refine_lr": 0.5, "refine_batch_size": 3}
     )
     assert refinement == Refinement(num_refine_steps=7, refine_lr=0.5)
+
+
+def test_refinement_options_round_trip():
+    """options() names every setting, and from_options reads them back (ignoring others)."""
+    refine = Refinement(
+        num_refine_steps=3,
+        refine_lr=0.5,
+        refine_momentum=0.2,
+        refine_max_grad_norm=None,
+        refine_coordinates="log-scale",
+    )
+    options = refine.options()
+    assert options == {
+        "num_refine_steps": 3,
+        "refine_lr": 0.5,
+        "refine_momentum": 0.2,
+        "refine_max_grad_norm": None,
+        "refine_coordinates": "log-scale",
+    }
+    assert Refinement.from_options({**options, "learning_rate": 1e-3}) == refine
+
+
+def test_refinement_ascends_the_plain_elbo_by_default_and_divides_by_the_given_batch():
+    """β defaults to 1 at every entry point; ``batch_size`` is the B of the 1/B factor, so
+    (without clipping) dividing by 2B is the same as halving the step size."""
+    model, guide, x, init = problem()
+    elbo = TraceMeanField_ELBO()
+    refinement = Refinement(num_refine_steps=2, refine_lr=0.9, refine_max_grad_norm=None)
+
+    def seeded(fn, *args, **kwargs):
+        pyro.set_rng_seed(5)
+        return fn(*args, **kwargs)
+
+    default = seeded(refinement, model, guide, elbo, x, init)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(default, seeded(refinement, model, guide, elbo, x, init, beta=1.0))
+    )
+    assert not torch.equal(
+        default[0], seeded(refinement, model, guide, elbo, x, init, beta=BETA)[0]
+    )
+    run_default = seeded(refinement.run, model, guide, elbo, x, init)[0]
+    assert all(torch.equal(a, b) for a, b in zip(run_default, default))
+    coords = refinement.to_coordinates(init)
+    assert seeded(refinement.loss, model, guide, elbo, x, coords) == seeded(
+        refinement.loss, model, guide, elbo, x, coords, beta=1.0
+    )
+    halved = Refinement(num_refine_steps=2, refine_lr=0.45, refine_max_grad_norm=None)
+    by_2b = seeded(refinement.run, model, guide, elbo, x, init, batch_size=2 * B)[0]
+    expected = seeded(halved.run, model, guide, elbo, x, init)[0]
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(by_2b, expected))
+
+
+def test_momentum_zero_is_allowed_and_a_string_is_a_config_error():
+    assert Refinement(refine_momentum=0).refine_momentum == 0
+    with pytest.raises(ConfigError, match="refine_momentum"):
+        Refinement(refine_momentum="0.5")

@@ -19,7 +19,7 @@ from torch import nn
 from pyro_skipvae import ConfigError, Guide, Model, SkipVAE
 from pyro_skipvae.diagnostics.elbo import elbo_terms
 from pyro_skipvae.guides import Encoder, MLPEncoder
-from pyro_skipvae.infer import INFERENCES, SEMI_AMORTIZED_MODES, SemiAmortizedSVI
+from pyro_skipvae.infer import INFERENCES, SEMI_AMORTIZED_MODES, Refinement, SemiAmortizedSVI
 from pyro_skipvae.models import Decoder
 from pyro_skipvae.models.likelihoods import CategoricalLikelihood, NormalLikelihood
 from pyro_skipvae.models.priors import StandardNormalPrior
@@ -381,3 +381,223 @@ def test_fit_semi_amortized_resumes_exactly(tmp_path):
     assert {"val_elbo", "val_kl", "val_elbo_amortized", "val_amortization_gap"} <= set(full[-1])
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert [strip(r) for r in resumed] == [strip(r) for r in full]
+
+
+class RecordingRefinement:
+    """Wraps a Refinement: records each call's minibatch and starting point, then refines."""
+
+    def __init__(self, refinement):
+        self.refinement, self.calls, self.refined = refinement, [], []
+
+    def __call__(self, model, guide, elbo, x, local_params, **kwargs):
+        self.calls.append((x.shape[0], tuple(p.detach().clone() for p in local_params)))
+        refined = self.refinement(model, guide, elbo, x, local_params, **kwargs)
+        self.refined.append(refined)
+        return refined
+
+    def __getattr__(self, name):
+        return getattr(self.refinement, name)
+
+
+def _evaluation_problem(n, mode="end-to-end", **options):
+    model, guide = linear_gaussian()
+    with torch.no_grad():  # an encoder away from the prior: λ₀ = (1, log σ² = 0)
+        guide.encoder.loc.fill_(1.0)
+    x = model.likelihood(model.decoder(torch.randn(n, D))).sample()
+    inference = SemiAmortizedSVI(
+        model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO(), mode=mode, **options
+    )
+    inference.refinement = RecordingRefinement(inference.refinement)
+    return model, guide, x, inference
+
+
+def test_evaluation_refines_in_eval_mode_in_the_documented_minibatches_and_reports_the_gap():
+    model, guide, x, inference = _evaluation_problem(10, num_refine_steps=2)
+    modes = []
+    for module in (model.decoder, guide.encoder):
+        module.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    metrics = inference.evaluate_metrics(x, batch_size=4)
+    assert modes and not any(modes)  # every network call in eval() mode ...
+    assert model.training and guide.training  # ... and training mode restored after
+    # the refinement's minibatch is the evaluation batch size before any training step ...
+    assert [size for size, _ in inference.refinement.calls] == [4, 4, 2]
+    # ... starting from the encoder's λ₀
+    loc0, _ = inference.refinement.calls[0][1]
+    assert torch.equal(loc0, torch.ones(4, D))
+    assert metrics["amortization_gap"] == metrics["elbo"] - metrics["elbo_amortized"]
+    assert metrics["kl_amortized"] == pytest.approx(D / 2)  # KL(N(1, 1) ‖ N(0, 1)) per dim
+    # the bound is taken at the refined parameters: its (analytic) KL is theirs
+    loc, log_var = (torch.cat(p) for p in zip(*inference.refinement.refined))
+    kl = 0.5 * (log_var.exp() + loc**2 - 1 - log_var).sum(-1)
+    assert metrics["kl"] == pytest.approx(kl.mean().item(), rel=1e-12)
+    assert abs(metrics["kl"] - D / 2) > 0.01
+    # ... then the largest training minibatch, unless refine_batch_size is given
+    inference.step(x[:3], size=10)
+    inference.refinement.calls.clear()
+    inference.evaluate_metrics(x, batch_size=4)
+    assert [size for size, _ in inference.refinement.calls] == [3, 1, 3, 1, 2]
+    _, _, x, inference = _evaluation_problem(10, num_refine_steps=2, refine_batch_size=5)
+    inference.step(x[:3], size=10)
+    inference.evaluate_metrics(x, batch_size=4)
+    assert [size for size, _ in inference.refinement.calls] == [4, 4, 2]  # chunks of ≤ 5
+
+
+def test_evaluation_batches_default_to_500():
+    _, _, x, inference = _evaluation_problem(501, num_refine_steps=1)
+    inference.evaluate_metrics(x)
+    assert [size for size, _ in inference.refinement.calls] == [500, 1]
+
+
+def test_svi_mode_refines_from_the_prior_and_reports_no_amortized_bound():
+    _, _, x, inference = _evaluation_problem(6, mode="svi", num_refine_steps=2)
+    metrics = inference.evaluate_metrics(x, batch_size=6)
+    assert set(metrics) == {"elbo", "kl"}
+    (size, (loc0, log_var0)), *_ = inference.refinement.calls
+    assert size == 6 and torch.equal(loc0, torch.zeros(6, D)) and torch.equal(log_var0, loc0)
+
+
+def test_svi_mode_reads_the_latent_size_from_a_guide_without_an_encoder():
+    model, guide = linear_gaussian()
+
+    class BareGuide:  # local_params and the call, nothing else
+        def local_params(self, x):
+            return guide.local_params(x)
+
+        def __call__(self, *args, **kwargs):
+            return guide(*args, **kwargs)
+
+    inference = SemiAmortizedSVI(model, BareGuide(), pyro.optim.Adam({}), Trace_ELBO(), mode="svi")
+    # token ids (integers) still get floating-point λ₀
+    loc0, log_var0 = inference.initial_params(torch.zeros(3, P, dtype=torch.long))
+    assert loc0.shape == log_var0.shape == (3, D) and not loc0.any() and not log_var0.any()
+    assert loc0.dtype == log_var0.dtype == torch.get_default_dtype()
+
+
+def test_evaluate_loss_is_the_scaled_beta_bound_at_the_refined_parameters():
+    """−(N/B) Σ_i ELBO_β(λ_K), λ_K refined at the same β (same draws: same seed)."""
+    import functools
+
+    model, guide, x, inference = _evaluation_problem(4, num_refine_steps=3)
+    pyro.set_rng_seed(3)
+    loss = inference.evaluate_loss(x, size=40, beta=0.3)
+    pyro.set_rng_seed(3)
+    refined = inference.refinement(model, guide, Trace_ELBO(), x, guide.local_params(x), beta=0.3)
+    by_hand = Trace_ELBO().differentiable_loss(
+        model, functools.partial(guide, local_params=refined), x, size=40, beta=0.3
+    )
+    assert loss == pytest.approx(by_hand.item(), rel=1e-12)
+    pyro.set_rng_seed(3)
+    plain = inference.evaluate_loss(x, size=40)
+    pyro.set_rng_seed(3)
+    refined = inference.refine(x)
+    by_hand = Trace_ELBO().differentiable_loss(
+        model, functools.partial(guide, local_params=refined), x, size=40
+    )
+    assert plain == pytest.approx(by_hand.item(), rel=1e-12) and plain != loss
+
+
+def test_cudnn_is_switched_off_only_for_recurrent_networks_on_cuda():
+    """_has_cuda_rnn decides whether end-to-end steps run without cuDNN (no double backward
+    in its RNN kernels). A parameter reporting is_cuda stands in for a GPU."""
+    from pyro_skipvae.infer.semi_amortized import _has_cuda_rnn
+
+    class OnCuda(nn.Parameter):
+        @property
+        def is_cuda(self):
+            return True
+
+    cpu_lstm, gpu_lstm, gpu_linear = nn.LSTM(2, 3), nn.LSTM(2, 3), nn.Linear(2, 3)
+    gpu_lstm.weight_hh_l0 = OnCuda(gpu_lstm.weight_hh_l0.detach())
+    gpu_linear.weight = OnCuda(gpu_linear.weight.detach())
+    assert not _has_cuda_rnn(cpu_lstm, nn.Sequential(gpu_linear))
+    for model, guide in ((gpu_lstm, cpu_lstm), (cpu_lstm, gpu_lstm)):
+        for mode, enabled in (("end-to-end", False), ("stop-gradient", True)):
+            inference = SemiAmortizedSVI(model, guide, None, Trace_ELBO(), mode=mode)
+            with inference._rnn_context():
+                assert torch.backends.cudnn.enabled is enabled
+            assert torch.backends.cudnn.enabled
+    assert _has_cuda_rnn(nn.Sequential(nn.Linear(2, 2), gpu_lstm))
+    assert _has_cuda_rnn(object(), gpu_lstm)  # anything that is not a module is passed over
+
+
+def test_step_and_surrogate_carry_size_and_beta():
+    """loss_and_surrogate's loss is −(N/B) Σ ELBO_β at λ_K (B-scaled without size); step
+    returns that loss (β = 1 when not given) and moves each parameter by −η/N times the
+    surrogate's gradient (plain SGD on the per-datapoint gradient)."""
+    import functools
+
+    from pyro_skipvae.infer.optim import Optimizer
+
+    model, guide, x, inference = _evaluation_problem(4, num_refine_steps=2)
+    for size, beta in ((40, 0.3), (None, 1.0)):
+        pyro.set_rng_seed(6)
+        loss, _ = inference.loss_and_surrogate(x, size=size, beta=beta)
+        pyro.set_rng_seed(6)
+        refined, _, _ = inference.refinement.run(
+            model, guide, Trace_ELBO(), x, guide.local_params(x), beta=beta
+        )
+        by_hand = Trace_ELBO().differentiable_loss(
+            model, functools.partial(guide, local_params=refined), x, size=size, beta=beta
+        )
+        assert loss.item() == pytest.approx(by_hand.item(), rel=1e-12)
+    params = list(model.parameters()) + list(guide.parameters())
+    inference.optim = Optimizer(params, name="sgd", learning_rate=0.1, clip_norm=None)
+    for size, beta in ((40, {}), (None, {"beta": 0.3})):
+        pyro.set_rng_seed(6)
+        loss, surrogate = inference.loss_and_surrogate(x, size=size, beta=beta.get("beta", 1.0))
+        grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+        before = [p.detach().clone() for p in params]
+        pyro.set_rng_seed(6)
+        assert inference.step(x, size=size, **beta) == pytest.approx(loss.item(), rel=1e-12)
+        for p, p0, g in zip(params, before, grads):
+            expected = p0 if g is None else p0 - 0.1 * g / (size or x.shape[0])
+            assert torch.allclose(p.detach(), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [40, None])
+def test_kl_mode_adds_the_encoders_kl_to_the_refined_posterior(size):
+    """surrogate − loss = (N/B) Σ_i KL(q_λ0 ‖ q_λK) (N = B without size), by hand from the
+    same refinement (same seed)."""
+    model, guide, x, inference = _evaluation_problem(4, mode="kl", num_refine_steps=3)
+    pyro.set_rng_seed(8)
+    loss, surrogate = inference.loss_and_surrogate(x, size=size)
+    pyro.set_rng_seed(8)
+    init = guide.local_params(x)
+    (loc, log_var), _, _ = inference.refinement.run(model, guide, Trace_ELBO(), x, init)
+    q0 = dist.Normal(init[0], (0.5 * init[1]).exp())
+    kl = kl_divergence(q0, dist.Normal(loc, (0.5 * log_var).exp())).sum()
+    assert kl > 0.01  # λ_K moved
+    scale = (size or x.shape[0]) / x.shape[0]
+    assert (surrogate - loss).item() == pytest.approx(scale * kl.item(), rel=1e-10)
+
+
+def test_semi_amortized_defaults_are_the_authors_and_limits_are_inclusive():
+    model, guide = linear_gaussian()
+    inference = SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), Trace_ELBO())
+    assert inference.refinement == Refinement()  # K = 20, η = 1, ρ = 0.5, clip 5, log σ²
+    scaled = SemiAmortizedSVI(
+        model, guide, pyro.optim.Adam({}), Trace_ELBO(), refine_coordinates="log-scale"
+    )
+    assert scaled.refinement.refine_coordinates == "log-scale"
+    assert inference.refine_batch_size is None
+    one = SemiAmortizedSVI(
+        model, guide, pyro.optim.Adam({}), Trace_ELBO(), num_refine_steps=1, refine_batch_size=1
+    )
+    assert one.refinement.num_refine_steps == 1 and one.refine_batch_size == 1
+    with pytest.raises(ConfigError, match="refine_batch_size"):
+        SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), Trace_ELBO(), refine_batch_size="3")
+
+
+def test_refined_guide_defaults_to_minibatches_of_50_and_passes_the_plate_size():
+    from pyro import poutine
+
+    from pyro_skipvae.infer.semi_amortized import _family
+
+    _, _, x, inference = _evaluation_problem(51, num_refine_steps=1)
+    trace = poutine.trace(inference.refined_guide()).get_trace(x, size=510)
+    assert [size for size, _ in inference.refinement.calls] == [50, 1]
+    assert trace.nodes["z"]["scale"] == 10.0
+    assert _family(dist.StudentT(3.0, torch.zeros(2), 1.0).to_event(1)) == "Independent(StudentT)"
+    model, guide = linear_gaussian()
+    with pytest.raises(ConfigError, match="differentiable_loss .*found object$"):
+        SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), object())

@@ -489,3 +489,28 @@ def test_per_token_standard_error_matches_the_spread_of_redrawn_sets():
     results = torch.tensor([ratio_and_se(v, c) for v, c in zip(values, counts)])
     assert results[:, 0].mean() == pytest.approx(-4.0, abs=0.01)
     assert results[:, 1].mean() == pytest.approx(results[:, 0].std().item(), rel=0.1)
+
+
+def test_padded_sequences_sample_tokens_then_padding(float64):
+    """Draws from the masked categorical: the first L positions from softmax(logits), the
+    rest padding; a position whose logits put all mass on one token always draws it."""
+    torch.manual_seed(0)
+    logits = torch.full((2, 3, 6), -math.inf)
+    logits[0, :, 4], logits[1, :, 5] = 0.0, 0.0  # sequence n draws token 4 + n everywhere
+    base = CategoricalLikelihood((3,), num_categories=6, pad_index=0)(
+        logits, torch.ones(2, 3, dtype=torch.long)
+    )
+    d = PaddedSequence(base, 5, pad_index=0)
+    draws = d.sample((7,))
+    assert draws.shape == (7, 2, 5)
+    assert (draws[..., :3] == torch.tensor([4, 5]).view(2, 1)).all()
+    assert (draws[..., 3:] == 0).all()
+    assert torch.isfinite(d.log_prob(draws)).all()
+    # a spread distribution: sample frequencies match softmax(logits) (binomial error)
+    spread = torch.tensor([0.0, 1.0, -1.0, 0.5, 2.0, 0.0])
+    probs = spread.softmax(-1)
+    one = torch.ones(1, 1, dtype=torch.long)
+    tokens = CategoricalLikelihood((1,), num_categories=6, pad_index=0)(spread.view(1, 1, 6), one)
+    tokens = tokens.sample((4000,))
+    freq = torch.bincount(tokens.flatten(), minlength=6) / 4000
+    assert ((freq - probs).abs() < 5 * (probs * (1 - probs) / 4000).sqrt()).all()

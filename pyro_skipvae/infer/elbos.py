@@ -69,6 +69,10 @@ class PerDatapointBound(ELBO):
             max_plate_nesting=elbo.max_plate_nesting,
             vectorize_particles=elbo.vectorize_particles,
         )
+        # Pyro's ELBO adds the particle dimension to max_plate_nesting when it vectorises; the
+        # wrapped one already holds the sum, so take it as is (adding it again put the particle
+        # plate of the wrapper's own traces one dimension beyond what the wrapped ELBO allows).
+        self.max_plate_nesting = elbo.max_plate_nesting
         self.elbo = elbo
         self._params = weakref.WeakSet()
 
