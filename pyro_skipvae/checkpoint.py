@@ -8,7 +8,7 @@ leaves either the old file or the new one, never a torn one.
 import json
 import os
 import random
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,10 +24,10 @@ def atomic_path(path):
     to disk and rename it over ``path``. For writers that want a file name (netCDF, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    # mkstemp creates the file private (0600); give it the mode open() would have given
-    os.chmod(tmp, 0o666 & ~_umask())
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # Created exclusively with open()'s mode 0666 less the umask (mkstemp would make it 0600,
+    # which would then stick to results users share).
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -36,12 +36,6 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def _atomic_write(path, write):
