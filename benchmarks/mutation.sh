@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of models/, guides/, infer/, diagnostics/ and checkpoint.py (issue 15).
 #
-#   benchmarks/mutation.sh [--label before|after] [MUTANT_NAME_OR_GLOB ...]
+#   benchmarks/mutation.sh [--label before|extension|after] [MUTANT_NAME_OR_GLOB ...]
 #
 # mutmut 3 (configuration: setup.cfg [mutmut]) copies the package to mutants/, runs the
 # selected tests once to record which tests call which function, then runs each mutant

@@ -226,5 +226,8 @@ def test_kl_mode_refuses_a_family_without_a_closed_form_kl(mnist, tiny_options):
         mode="kl",
         num_refine_steps=1,
     )
-    with pytest.raises(ConfigError, match="needs KL.*closed form.*StudentT"):
+    with pytest.raises(
+        ConfigError,
+        match="needs KL.*closed form.*StudentT.*; use mode 'stop-gradient' or 'end-to-end'$",
+    ):
         inference.step((mnist.train[:10] > 0.5).float(), size=500)

@@ -24,11 +24,11 @@ import torch
 import torch.distributed
 import torch.multiprocessing as mp
 from click.testing import CliRunner
+from test_distributed_helpers import check_helpers
 
 from pyro_skipvae import ConfigError, SkipVAE
 from pyro_skipvae.cli.main import cli
 from pyro_skipvae.guides import Guide
-from pyro_skipvae.infer import distributed
 
 # ---------------------------------------------------------------------- helpers
 
@@ -184,72 +184,9 @@ def test_two_process_steps_equal_one_process_steps(two_process_results, float64,
     assert not torch.allclose(fresh.model.state_dict()[name], expected_weights[name])
 
 
-def check_helpers(rank):
-    # shard_batches: disjoint contiguous slices of every global minibatch; a minibatch smaller
-    # than the world is skipped on every rank
-    batches = distributed.shard_batches(
-        lambda g: [torch.arange(5), torch.arange(5, 10), torch.tensor([10])]
-    )
-    got = list(batches(None))
-    assert [t.tolist() for t in got] == ([[0, 1, 2], [5, 6, 7]] if rank == 0 else [[3, 4], [8, 9]])
-    assert distributed.shard(torch.arange(5)).tolist() == ([0, 1, 2] if rank == 0 else [3, 4])
-
-    # all_reduce_gradients: Σ_r B_r G_r / Σ_r B_r; a gradient on one rank only counts as
-    # zero elsewhere; a parameter without gradient anywhere keeps None; several buckets
-    shared, one_sided, unused = (
-        torch.zeros(3, dtype=torch.float64, requires_grad=True) for _ in range(3)
-    )
-    batch = [3, 1][rank]
-    shared.grad = torch.full((3,), [1.0, 5.0][rank], dtype=torch.float64)
-    if rank == 1:
-        one_sided.grad = torch.ones(3, dtype=torch.float64)
-    distributed.all_reduce_gradients([shared, one_sided, unused], batch_size=batch, bucket_bytes=8)
-    torch.testing.assert_close(
-        shared.grad, torch.full((3,), (3 * 1.0 + 1 * 5.0) / 4, dtype=torch.float64)
-    )
-    torch.testing.assert_close(one_sided.grad, torch.full((3,), 1 * 1.0 / 4, dtype=torch.float64))
-    assert unused.grad is None
-
-    metrics = distributed.mean_across_ranks({"elbo": [-1.0, -4.0][rank], "name": "x"}, [1, 2][rank])
-    assert metrics == {"elbo": pytest.approx((-1.0 - 8.0) / 3), "name": "x"}
-    assert distributed.global_batch_size(batch) == 4
-    assert distributed.all_gather_objects({"t": torch.tensor([rank])}) == [
-        {"t": torch.tensor([0])},
-        {"t": torch.tensor([1])},
-    ]
-    assert distributed.broadcast_object(f"rank {rank}") == "rank 0"
-    if rank == 0:
-        assert distributed.rank_seed(7) == 7
-    else:
-        assert distributed.rank_seed(7) != 7
-
-
 def test_distributed_helpers_on_two_processes(two_process_results):
     for rank, result in enumerate(two_process_results[2]):
         assert result["helpers"] is None, f"rank {rank}: {result['helpers']}"
-
-
-def test_helpers_are_the_identity_in_one_process():
-    assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
-    batches = lambda g: [torch.arange(3)]  # noqa: E731
-    assert distributed.shard_batches(batches) is batches
-    data = torch.arange(4)
-    assert distributed.shard(data) is data
-    p = torch.zeros(2, requires_grad=True)
-    p.grad = g = torch.ones(2)
-    distributed.all_reduce_gradients([p], batch_size=7)
-    assert p.grad is g
-    assert distributed.sum_across_ranks(1.5, 2.0) == [1.5, 2.0]
-    assert distributed.rank_seed(11) == 11
-
-
-def test_cuda_means_this_process_gpu_under_torchrun(monkeypatch):
-    monkeypatch.setenv("LOCAL_RANK", "3")
-    assert distributed.resolve_device("cuda") == torch.device("cuda", 3)
-    assert distributed.resolve_device("cuda:1") == torch.device("cuda", 1)
-    assert distributed.resolve_device(None) == torch.device("cpu")
-    monkeypatch.delenv("LOCAL_RANK")
-    assert distributed.resolve_device("cuda") == torch.device("cuda")
 
 
 # ---------------------------------------------------------------------- the command line

@@ -256,3 +256,40 @@ def test_jit_elbo_keeps_tracer_warnings_quiet():
         warnings.simplefilter("always")
         JitELBO().loss(model, guide, x, size=N)
     assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+
+
+def test_per_datapoint_bound_keeps_a_held_gradient_this_loss_does_not_reach():
+    """A parameter in this call's trace whose value is used detached (no gradient from this
+    loss) keeps the gradient it held before."""
+    model, guide, _, x, _ = linear_gaussian()
+    elbo = ELBOS.build("iwae", options={"num_particles": K})
+    elbo.loss_and_grads(model, guide, x, size=N)  # "A" is now one of the bound's parameters
+    A = pyro.param("A").unconstrained()
+    A.grad = torch.full_like(A, 3.0)
+
+    def detached_guide(x, *, size=None, beta=1.0):
+        loc = pyro.param("A").detach() @ x.T
+        with data_plate(x, size):
+            pyro.sample("z", dist.Normal(loc.T, 0.8).to_event(1))
+
+    elbo.loss_and_grads(model, detached_guide, x, size=N)
+    assert torch.equal(A.grad, torch.full_like(A, 3.0))
+
+
+def test_per_datapoint_bound_passes_further_positional_arguments_to_the_model():
+    """A model with data besides x (e.g. labels) gets them, in loss and loss_and_grads."""
+    model, guide, _, x, _ = linear_gaussian()
+    seen = []
+
+    def model_with_labels(x, labels, *, size=None, beta=1.0):
+        seen.append(labels)
+        return model(x, size=size, beta=beta)
+
+    def guide_with_labels(x, labels, *, size=None, beta=1.0):
+        return guide(x, size=size, beta=beta)
+
+    elbo = ELBOS.build("iwae", options={"num_particles": K})
+    labels = torch.arange(B)
+    elbo.loss(model_with_labels, guide_with_labels, x, labels, size=N)
+    elbo.loss_and_grads(model_with_labels, guide_with_labels, x, labels, size=N)
+    assert len(seen) == 2 and all(s is labels for s in seen)

@@ -103,6 +103,146 @@ def test_free_bits_refuses_a_non_factorising_prior(mnist, tiny_options):
 
 
 @pytest.mark.usefixtures("float64")
+def test_free_bits_estimates_a_kl_without_closed_form_from_the_guides_draws():
+    """q SoftLaplace, p Normal: no registered KL, so KL_ij = log q(z_ij) − log p(z_ij) at the
+    guide's draws, averaged over particles and minibatch before the max; with vectorised
+    particles the draws have shape (particles, B, D)."""
+    D_, lam, beta = 3, 0.4, 0.6
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(B, D_, generator=g)
+    scale = torch.tensor([0.05, 0.5, 2.0])
+    draws = []
+
+    def model(x, *, size=None, beta=1.0):
+        with data_plate(x, size):
+            with pyro.poutine.scale(scale=beta):
+                z = pyro.sample("z", dist.Normal(torch.zeros(D_), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x, *, size=None, beta=1.0):
+        with data_plate(x, size):
+            with pyro.poutine.scale(scale=beta):
+                draws.append(pyro.sample("z", dist.SoftLaplace(0.5 * x, scale).to_event(1)))
+
+    elbo = FreeBitsELBO(free_bits=lam, num_particles=2, vectorize_particles=True)
+    loss = elbo.loss(model, guide, x, size=N, beta=beta)
+    z = draws[-1]
+    assert z.shape == (2, B, D_)
+    log_lik = dist.Normal(z, 1.0).to_event(1).log_prob(x)  # (2, B)
+    kl = dist.SoftLaplace(0.5 * x, scale).log_prob(z) - dist.Normal(0.0, 1.0).log_prob(z)
+    per_dim = kl.reshape(-1, D_).mean(0)
+    expected = (N / B) * log_lik.sum() / 2 - beta * N * per_dim.clamp(min=lam).sum()
+    assert loss == pytest.approx(-expected.item(), rel=1e-12)
+
+
+@pytest.mark.usefixtures("float64")
+def test_free_bits_counts_the_guides_other_latent_sites_as_the_elbo_does():
+    """A second latent site u (after z in the guide) enters as log p(u) − log q(u)."""
+    draws = {}
+
+    def model(x, *, size=None, beta=1.0):
+        u = pyro.sample("u", dist.Normal(0.0, 1.0))
+        with data_plate(x, size):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z + u, 1.0).to_event(1), obs=x)
+
+    def guide(x, *, size=None, beta=1.0):
+        with data_plate(x, size):
+            draws["z"] = pyro.sample("z", dist.Normal(0.3 * x, 0.5).to_event(1))
+        draws["u"] = pyro.sample("u", dist.Normal(0.2, 0.3))
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
+    loss = FreeBitsELBO(free_bits=0.0).loss(model, guide, x, size=4)
+    z, u = draws["z"], draws["u"]
+    kl = kl_divergence(dist.Normal(0.3 * x, 0.5), dist.Normal(0.0, 1.0))
+    expected = (
+        dist.Normal(z + u, 1.0).to_event(1).log_prob(x).sum()
+        + dist.Normal(0.0, 1.0).log_prob(u)
+        - dist.Normal(0.2, 0.3).log_prob(u)
+        - kl.sum()
+    )
+    assert loss == pytest.approx(-expected.item(), rel=1e-12)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Found (non-auxiliary )?vars in"
+)  # the guides are wrong on purpose
+def test_free_bits_refusals_say_what_was_found():
+    x = torch.zeros(3, 2)
+
+    def model(x, *, size=None, beta=1.0):
+        with data_plate(x, size):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide_with(fn, site="z", extra=None):
+        def guide(x, *, size=None, beta=1.0):
+            if extra is not None:
+                pyro.sample("c", extra)
+            with data_plate(x, size):
+                pyro.sample(site, fn)
+
+        return guide
+
+    elbo = FreeBitsELBO()
+    assert elbo.free_bits == 0.25  # Kingma et al.'s λ is the user's choice; 0.25 the default
+    normal = dist.Normal(torch.zeros(3, 2), 1.0)
+    cases = [
+        (
+            dist.MultivariateNormal(torch.zeros(3, 2), torch.eye(2)),
+            {},
+            r"a q\(z\|x\) that factorises .*found MultivariateNormal",
+        ),
+        (normal.to_event(1), {"site": "w"}, "the guide has no latent site 'z'"),
+        (
+            normal.to_event(1),
+            {"extra": dist.Bernoulli(0.5)},
+            "guide site 'c' is not reparameterisable; only reparameterised latent sites",
+        ),
+        (
+            dist.Binomial(2, torch.full((3, 2), 0.5)).to_event(1),
+            {},
+            "free bits need a reparameterisable q at site 'z'",
+        ),
+    ]
+    for fn, kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            elbo.loss(model, guide_with(fn, **kwargs), x, size=3)
+
+    def mixture_model(x, *, size=None, beta=1.0):
+        with data_plate(x, size):
+            mix = dist.MixtureSameFamily(
+                dist.Categorical(torch.ones(2)),
+                dist.Normal(torch.zeros(2, 2), 1.0).to_event(1),
+            )
+            z = pyro.sample("z", mix)
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    with pytest.raises(ConfigError, match=r"a p\(z\) that factorises .*found MixtureSameFamily"):
+        elbo.loss(mixture_model, guide_with(normal.to_event(1)), x, size=3)
+    for bad in (-0.1, True, "1"):
+        with pytest.raises(ConfigError, match="free_bits must be a number >= 0"):
+            FreeBitsELBO(free_bits=bad)
+    assert FreeBitsELBO(free_bits=0).free_bits == 0.0
+
+
+def test_linear_warm_up_is_the_authors_schedule():
+    """β = min(1, start + (1 − start) t / T): from 0.1 over 10 epochs by default."""
+    default = LinearWarmup()
+    assert [default(t) for t in (0, 2.5, 5, 10, 12)] == pytest.approx([0.1, 0.325, 0.55, 1, 1])
+    assert LinearWarmup(4, 0.5)(2) == pytest.approx(0.75)
+    assert LinearWarmup(0)(0) == LinearWarmup(-1)(0) == LinearWarmup(0, 0.2)(0.5) == 1.0
+
+
+def test_cyclical_annealing_limits_are_inclusive_where_beta_still_reaches_one():
+    assert CyclicalAnnealing(0.5, 0.0)(0.2) == 1.0  # short cycles, no warm-up: β = 1
+    assert CyclicalAnnealing(2.0, 2.0, start=0.0)(1.0) == pytest.approx(0.5)
+    for cycle, warmup in ((0.0, 0.0), (-1.0, 0.0), (2.0, -0.5), (2.0, 2.5)):
+        with pytest.raises(ConfigError, match="^cyclical KL annealing needs kl_cycle_epochs > 0"):
+            CyclicalAnnealing(cycle, warmup)
+
+
+@pytest.mark.usefixtures("float64")
 def test_jit_elbo_equals_trace_elbo_for_every_minibatch_size_and_beta():
     """Stock JitTrace_ELBO compiles once per β (a keyword); JitELBO passes β as a tensor and
     compiles once per minibatch shape, with the plate scale N/B right for each."""
@@ -247,3 +387,28 @@ def test_svi_with_a_pyro_optimizer_and_its_sizes():
         for p, p0, g in zip(params, before, grads):
             step = 0 if g is None else 0.1 * g / (size or 5)
             assert torch.allclose(p.detach(), p0 - step, rtol=1e-5, atol=1e-7)
+        # x by keyword (the site contract's name) is the same minibatch of 5: the same step
+        with torch.no_grad():
+            for p, p0 in zip(params, before):
+                p.copy_(p0)
+        pyro.set_rng_seed(2)
+        ours.step(x=x, **({} if size is None else {"size": size}))
+        for p, p0, g in zip(params, before, grads):
+            step = 0 if g is None else 0.1 * g / (size or 5)
+            assert torch.allclose(p.detach(), p0 - step, rtol=1e-5, atol=1e-7)
+
+
+def test_svi_step_of_a_model_without_data_is_a_step_on_a_minibatch_of_one():
+    from pyro.infer import Trace_ELBO
+
+    from pyro_skipvae.infer import SVI, Optimizer
+
+    loc = torch.nn.Parameter(torch.tensor([0.5]))
+
+    def model():
+        pyro.sample("y", dist.Normal(pyro.param("loc", loc), 1.0), obs=torch.tensor([2.0]))
+
+    svi = SVI(model, lambda: None, Optimizer([loc], name="sgd", learning_rate=0.1), Trace_ELBO())
+    svi.step()
+    # d/dloc of −log N(2 | loc, 1) is loc − 2 = −1.5; size 1: the step is 0.1 · 1.5
+    assert loc.item() == pytest.approx(0.65)

@@ -466,11 +466,15 @@ def test_svi_mode_reads_the_latent_size_from_a_guide_without_an_encoder():
         def __call__(self, *args, **kwargs):
             return guide(*args, **kwargs)
 
-    inference = SemiAmortizedSVI(model, BareGuide(), pyro.optim.Adam({}), Trace_ELBO(), mode="svi")
-    # token ids (integers) still get floating-point λ₀
-    loc0, log_var0 = inference.initial_params(torch.zeros(3, P, dtype=torch.long))
-    assert loc0.shape == log_var0.shape == (3, D) and not loc0.any() and not log_var0.any()
-    assert loc0.dtype == log_var0.dtype == torch.get_default_dtype()
+    class EncoderWithoutSize(BareGuide):  # an encoder that does not say its latent size
+        encoder = torch.nn.Identity()
+
+    for bare in (BareGuide(), EncoderWithoutSize()):
+        inference = SemiAmortizedSVI(model, bare, pyro.optim.Adam({}), Trace_ELBO(), mode="svi")
+        # token ids (integers) still get floating-point λ₀
+        loc0, log_var0 = inference.initial_params(torch.zeros(3, P, dtype=torch.long))
+        assert loc0.shape == log_var0.shape == (3, D) and not loc0.any() and not log_var0.any()
+        assert loc0.dtype == log_var0.dtype == torch.get_default_dtype()
 
 
 def test_evaluate_loss_is_the_scaled_beta_bound_at_the_refined_parameters():

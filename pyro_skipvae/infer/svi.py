@@ -33,7 +33,10 @@ class SVI(pyro.infer.SVI):
     def step(self, *args, **kwargs):
         with poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        batch_size = args[0].shape[0] if args else 1
+        # the minibatch, by position or (the site contract's name) by keyword; a model that
+        # takes no data has a "minibatch" of one
+        x = args[0] if args else kwargs.get("x")
+        batch_size = 1 if x is None else x.shape[0]
         size = kwargs.get("size") or batch_size
         apply_gradients(self.optim, param_capture.trace, size=size, batch_size=batch_size)
         return loss.item() if hasattr(loss, "item") else float(loss)
