@@ -64,11 +64,11 @@ def _first_run_survivors(label):
 
 
 def _fate(name, status, equivalent):
-    if name in equivalent:
-        return "equivalent", equivalent[name]
     now = status.get(name, "gone (function changed)")
     if now in KILLED:
         return "killed", ""
+    if name in equivalent:
+        return "equivalent", equivalent[name]
     reason = REASON_OF.get(_short(name))
     return now, REASONS[reason] if reason else "not killed yet"
 

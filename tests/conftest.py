@@ -121,6 +121,12 @@ MUTATION_TESTS = {
     "pyro_skipvae.infer.free_bits": ["test_objectives"],
     "pyro_skipvae.infer.optim": ["test_training_loop", "test_optim", "test_fit"],
     "pyro_skipvae.infer.refine": ["test_refine", "test_semi_amortized"],
+    "pyro_skipvae.infer.svi": [
+        "test_objectives",
+        "test_behaviour",
+        "test_fit",
+        "test_distributed_helpers",
+    ],
     "pyro_skipvae.infer.semi_amortized": [
         "test_semi_amortized",
         "test_refine",

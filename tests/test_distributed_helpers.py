@@ -360,3 +360,55 @@ def test_helpers_are_the_identity_in_one_process():
     assert distributed.all_gather_objects("x") == ["x"]
     assert distributed.broadcast_object("x") == "x"
     assert distributed.rank_seed(11) == 11
+
+
+def test_apply_gradients_averages_over_ranks_even_where_a_rank_skips_a_parameter(world):
+    """Each rank steps on Σ_r B_r G_r / Σ_r B_r (here B = 3 and 1): with our optimizer the
+    all-reduce runs over the optimizer's parameters, the same list on every rank, so a rank
+    whose trace lacks a parameter (data-dependent control flow) still joins its reduction;
+    with a Pyro optimizer, over the trace's parameters."""
+    import pyro
+    import pyro.optim
+    from pyro import poutine
+
+    from pyro_skipvae.infer import Optimizer
+    from pyro_skipvae.infer.svi import apply_gradients
+
+    grads = {0: {"a": 2.0, "b": 4.0}, 1: {"a": 6.0}}  # rank 1 never touched b
+    batch = {0: 3, 1: 1}
+    ranks = {}
+    for rank in (0, 1):  # built outside the threads: Pyro's handler stack is process-global
+        pyro.param(f"rank{rank}_b", torch.zeros(1))
+        with poutine.trace(param_only=True) as trace:
+            pyro.param(f"rank{rank}_a", torch.zeros(1))
+            if "b" in grads[rank]:
+                pyro.param(f"rank{rank}_b")
+        a, b = (pyro.param(f"rank{rank}_{n}").unconstrained() for n in "ab")
+        for name, p in (("a", a), ("b", b)):
+            p.grad = torch.tensor([grads[rank][name]]) if name in grads[rank] else None
+        ranks[rank] = (a, b, trace.trace)
+
+    def step(rank):
+        a, b, trace = ranks[rank]
+        optim = Optimizer([a, b], name="sgd", learning_rate=1.0, clip_norm=None)
+        apply_gradients(optim, trace, size=10, batch_size=batch[rank])
+        return a.item(), b.item()
+
+    # a: (3·2 + 1·6)/4 = 3, b: (3·4 + 0)/4 = 3; the step is on the per-datapoint gradient (/10)
+    assert world(2).run(step) == [pytest.approx((-0.3, -0.3))] * 2
+
+    pyro_ranks = {}
+    for rank in (0, 1):
+        with poutine.trace(param_only=True) as trace:
+            pyro.param(f"pyro_rank{rank}", torch.zeros(1))
+        p = pyro.param(f"pyro_rank{rank}").unconstrained()
+        p.grad = torch.tensor([[2.0, 6.0][rank]])
+        pyro_ranks[rank] = (p, trace.trace)
+
+    def pyro_step(rank):
+        p, trace = pyro_ranks[rank]
+        apply_gradients(pyro.optim.SGD({"lr": 1.0}), trace, size=10, batch_size=batch[rank])
+        return p.item(), p.grad
+
+    # Pyro's step on the N-scaled gradient as given: −(3·2 + 1·6)/4; gradients released
+    assert world(2).run(pyro_step) == [(pytest.approx(-3.0), None)] * 2

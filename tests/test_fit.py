@@ -232,6 +232,23 @@ def test_rng_state_carries_every_gpu_generator_where_there_are_gpus(monkeypatch)
     assert len(restored) == 1
 
 
+def test_checkpoints_load_onto_the_cpu_whatever_device_wrote_them(tmp_path, monkeypatch):
+    """A checkpoint written on a GPU must open on a CPU-only machine (resume, diagnose): its
+    tensors are mapped to the CPU as they are read (no GPU here to write one, so the call
+    is checked)."""
+    from pyro_skipvae import checkpoint
+
+    path = tmp_path / "c.pt"
+    torch.save({"format": 1, "w": torch.ones(2)}, path)
+    calls = []
+    load = torch.load
+    monkeypatch.setattr(
+        checkpoint.torch, "load", lambda *a, **kw: calls.append(kw) or load(*a, **kw)
+    )
+    assert checkpoint.load(path)["w"].tolist() == [1.0, 1.0]
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+
+
 def test_checkpoint_load_says_what_is_wrong_and_unpickles_no_code(tmp_path):
     from pyro_skipvae import checkpoint
     from pyro_skipvae.errors import CheckpointError

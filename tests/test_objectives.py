@@ -412,3 +412,20 @@ def test_svi_step_of_a_model_without_data_is_a_step_on_a_minibatch_of_one():
     svi.step()
     # d/dloc of −log N(2 | loc, 1) is loc − 2 = −1.5; size 1: the step is 0.1 · 1.5
     assert loc.item() == pytest.approx(0.65)
+
+
+def test_svi_step_tells_the_optimizer_the_local_minibatch_and_the_data_size(monkeypatch):
+    """apply_gradients gets B (this process's minibatch, the weight of its gradient in a
+    data-parallel average) and N (size, default B)."""
+    from pyro.infer import Trace_ELBO
+
+    from pyro_skipvae.infer import SVI, svi
+
+    steps = []
+    monkeypatch.setattr(svi, "apply_gradients", lambda optim, trace, **sizes: steps.append(sizes))
+    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(4,), seed=0)
+    inference = SVI(vae.model, vae.guide, pyro.optim.Adam({}), Trace_ELBO())
+    x = torch.bernoulli(torch.full((5, 6), 0.5))
+    inference.step(x, size=50)
+    inference.step(x=x)
+    assert steps == [{"size": 50, "batch_size": 5}, {"size": 5, "batch_size": 5}]

@@ -125,7 +125,7 @@ def test_pca_embedding_plots_the_first_points_coloured_by_label():
 
 def test_tsne_embedding_without_labels():
     codes = np.random.default_rng(1).normal(size=(10, 3))
-    fig = plots.plot_embedding(codes, method="tsne")
+    fig = plots.plot_embedding(codes)  # t-SNE by default
     (ax,) = fig.axes
     assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == 10
     assert ax.get_legend() is None

@@ -605,3 +605,27 @@ def test_refined_guide_defaults_to_minibatches_of_50_and_passes_the_plate_size()
     model, guide = linear_gaussian()
     with pytest.raises(ConfigError, match="differentiable_loss .*found object$"):
         SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), object())
+
+
+def test_a_data_parallel_step_refines_with_the_global_b_and_averages_by_the_local_b(monkeypatch):
+    """In data-parallel training the refinement's 1/B is the global minibatch's (here 3
+    ranks' worth), while the gradient average weights this rank by its own B."""
+    from pyro_skipvae.infer import distributed, semi_amortized
+
+    model, guide, x, inference = _evaluation_problem(4, num_refine_steps=1)
+    monkeypatch.setattr(distributed, "global_batch_size", lambda local: 3 * local)
+    runs, steps = [], []
+    run = inference.refinement.run
+
+    def recording_run(*args, **kwargs):
+        runs.append(kwargs.get("batch_size"))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(inference.refinement, "run", recording_run, raising=False)
+    monkeypatch.setattr(
+        semi_amortized, "apply_gradients", lambda optim, trace, **sizes: steps.append(sizes)
+    )
+    inference.step(x, size=40)
+    inference.step(x)
+    assert runs == [12, 12]
+    assert steps == [{"size": 40, "batch_size": 4}, {"size": 4, "batch_size": 4}]
