@@ -89,7 +89,7 @@ def main():
         "[mutmut]`, per-module test files in `MUTATION_TESTS`, `tests/conftest.py`), on a "
         f"{record['machine']}; {record['date']}.",
         "",
-        "Score = killed / (killed + survived). \"Survived\" counts every mutant no test killed "
+        'Score = killed / (killed + survived). "Survived" counts every mutant no test killed '
         "(mutmut's *survived*, *no tests*, *timeout* and *not checked*) except those argued "
         "*equivalent* in `benchmarks/mutation_equivalent.json` (listed below).",
         "",

@@ -7,6 +7,7 @@ for the plate) and ``beta`` (KL weight) and returns the loss as a float.
 
 import logging
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -131,13 +132,19 @@ def train(
             record = {"epoch": epoch + 1, "train_elbo": total / size, "beta": beta}
             if evaluate is not None:
                 for key, value in evaluate().items():
-                    if isinstance(value, float) and not math.isfinite(value):
+                    if _is_number(value) and not math.isfinite(float(value)):
                         raise NonFiniteLossError(
                             f"val_{key} is {value} after epoch {epoch + 1}; the last checkpoint is untouched"
                         )
                     record[f"val_{key}"] = value
             record["seconds"] = time.perf_counter() - started
-            bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k.startswith("val_")})
+            bar.set_postfix(
+                {
+                    k: f"{float(v):.2f}"
+                    for k, v in record.items()
+                    if k[:4] == "val_" and _is_number(v)
+                }
+            )
             logger.info("epoch %d: %s", epoch + 1, record)
             records.append(record)
             if on_epoch_end is not None and on_epoch_end(record):
@@ -146,3 +153,11 @@ def train(
     finally:
         bar.close()
     return records
+
+
+def _is_number(value) -> bool:
+    """A real number, as Python, NumPy or a one-element tensor holds it (not a string or a
+    container, which a record may also carry)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.is_complex()
+    return isinstance(value, numbers.Real)
