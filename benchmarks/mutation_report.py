@@ -23,20 +23,34 @@ REASONS = {
     "distributed": "only differs under torch.distributed (the global minibatch or the "
     "all-reduce weights of a real step), which tests/test_distributed.py checks on two "
     "processes, outside the mutation run (mutmut does not see calls in spawned processes)",
-    "cuda": "only differs on a CUDA device (a GPU checkpoint loaded on a CPU; β's tensor "
-    "on the CPU while the data are on a GPU); no GPU in this run",
+    "cuda": "only differs on a CUDA device (a tensor created without the device argument lands "
+    "on the CPU; a GPU checkpoint loaded on a CPU); no GPU in this run",
+    "tails": "changes only draws with u < 1e-5 or u > 1 - 1e-5 (2 in 100,000), which the final "
+    "clamp to the grid usually maps to the same end bin; not pinned by a test",
+    "rounding": "only changes the float32 to float64 rounding of the codes given to "
+    "scikit-learn; no test input flips a prediction",
 }
 REASON_OF = {
     **{f"infer.svi.x_apply_gradients__mutmut_{i}": "distributed" for i in range(6, 13)},
-    "infer.svi.xǁSVIǁstep__mutmut_24": "distributed",
-    "infer.semi_amortized.xǁSemiAmortizedSVIǁloss_and_surrogate__mutmut_26": "distributed",
-    "infer.semi_amortized.xǁSemiAmortizedSVIǁloss_and_surrogate__mutmut_34": "distributed",
-    "infer.semi_amortized.xǁSemiAmortizedSVIǁstep__mutmut_22": "distributed",
-    "infer.semi_amortized.xǁSemiAmortizedSVIǁstep__mutmut_29": "distributed",
     "infer.elbos.xǁJitELBOǁ_call__mutmut_5": "cuda",
     "infer.elbos.xǁJitELBOǁ_call__mutmut_8": "cuda",
     "checkpoint.x_load__mutmut_7": "cuda",
     "checkpoint.x_load__mutmut_10": "cuda",
+    "models.likelihoods.xǁDiscretizedLogisticMixtureǁsample__mutmut_40": "cuda",
+    "models.likelihoods.xǁDiscretizedLogisticMixtureǁsample__mutmut_43": "cuda",
+    "guides.lstm.xǁLSTMEncoderǁforward__mutmut_12": "cuda",
+    "guides.lstm.xǁLSTMEncoderǁforward__mutmut_14": "cuda",
+    "models.decoders.lstm.xǁLSTMDecoderǁforward__mutmut_35": "cuda",
+    "models.decoders.lstm.xǁLSTMDecoderǁforward__mutmut_37": "cuda",
+    "infer.optim.xǁOptimizerǁstep__mutmut_9": "cuda",
+    "infer.optim.xǁOptimizerǁstep__mutmut_33": "cuda",
+    "infer.optim.xǁOptimizerǁ_fused_grad_scale__mutmut_8": "cuda",
+    "infer.optim.xǁOptimizerǁ_fused_grad_scale__mutmut_11": "cuda",
+    **{
+        f"models.likelihoods.xǁDiscretizedLogisticMixtureǁsample__mutmut_{i}": "tails"
+        for i in (35, 36, 38, 46, 47)
+    },
+    "diagnostics.classify.x__numpy__mutmut_3": "rounding",
 }
 
 

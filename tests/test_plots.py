@@ -65,6 +65,10 @@ def test_samples_fill_rows_of_num_columns():
     assert [sum(c[0] is not None for c in r) for r in rows] == [3, 3, 1]
     np.testing.assert_allclose(rows[2][0][0], samples[6].double())
     assert all(c[1] == "" for r in rows for c in r)  # no row labels
+    fig = plots.plot_samples(torch.rand(12, 3, 3))  # 10 a row by default
+    assert [sum(c[0] is not None for c in r) for r in image_axes(fig)] == [10, 2]
+    assert fig._suptitle.get_text() == "Samples from the prior (mean of p(x|z), z ~ p(z))"
+    assert plots.plot_samples(samples, title="T")._suptitle.get_text() == "T"
 
 
 def test_traversals_label_dimensions_and_values():
@@ -280,3 +284,32 @@ def test_plot_diagnostics_of_an_autoregressive_decoder_and_of_non_images(monkeyp
     )
     assert [p.rsplit("/", 1)[1] for p in flat] == ["embedding.png", "kl_per_dim.png"]
     assert set(rec.calls) == {"embedding", "kl_per_dimension"}
+
+
+def test_image_grids_show_probabilities_pixel_for_pixel_on_a_fixed_grey_scale():
+    """Each panel maps [0, 1] to black..white whatever its range (a faint image stays faint),
+    without smoothing; frames are hidden; row labels read horizontally, right-aligned."""
+    rows = [torch.full((2, 4, 4), 0.2), torch.rand(1, 4, 4)]
+    fig = plots.plot_image_rows(rows, row_labels=["a", "b"], col_labels=["c0", "c1"])
+    axes = {
+        (ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start): ax
+        for ax in fig.axes
+    }
+    assert len(axes) == 4 and not axes[(1, 1)].images  # the short row's panel is empty
+    for ax in fig.axes:
+        assert not any(spine.get_visible() for spine in ax.spines.values())
+        for image in ax.images:
+            assert image.get_clim() == (0, 1)
+            assert image.get_cmap().name == "gray"
+            assert image.get_interpolation() == "nearest"
+    label = axes[(0, 0)].yaxis.label
+    assert label.get_text() == "a" and label.get_rotation() == 0
+    assert label.get_ha() == "right" and label.get_va() == "center" and label.get_fontsize() == 9
+    assert axes[(0, 1)].title.get_fontsize() == 8
+    # 0.9 inch a panel, plus margins for the labels
+    assert tuple(fig.get_size_inches()) == pytest.approx((0.9 * 2 + 1.2, 0.9 * 2 + 0.6))
+
+
+def test_reconstructions_are_ten_pairs_a_row_by_default():
+    fig = plots.plot_reconstructions(torch.rand(12, 3, 3), torch.rand(12, 3, 3))
+    assert [sum(c[0] is not None for c in r) for r in image_axes(fig)] == [10, 10, 2, 2]

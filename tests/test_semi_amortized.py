@@ -469,6 +469,26 @@ def test_svi_mode_reads_the_latent_size_from_a_guide_without_an_encoder():
     class EncoderWithoutSize(BareGuide):  # an encoder that does not say its latent size
         encoder = torch.nn.Identity()
 
+    class BatchNormEncoder(torch.nn.Module):  # fails on one datapoint in training mode
+        latent_dim = D
+
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(P)
+
+    class GuideWithBatchNorm(BareGuide):
+        encoder = BatchNormEncoder()
+
+        def local_params(self, x):
+            self.encoder.norm(x.float())
+            return guide.local_params(x)
+
+    # the size is read from an encoder that says it, without running the network (which a
+    # batch-normalised encoder could not do on the single datapoint the fallback uses)
+    inference = SemiAmortizedSVI(
+        model, GuideWithBatchNorm(), pyro.optim.Adam({}), Trace_ELBO(), mode="svi"
+    )
+    assert inference.initial_params(torch.zeros(3, P))[0].shape == (3, D)
     for bare in (BareGuide(), EncoderWithoutSize()):
         inference = SemiAmortizedSVI(model, bare, pyro.optim.Adam({}), Trace_ELBO(), mode="svi")
         # token ids (integers) still get floating-point λ₀

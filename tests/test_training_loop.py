@@ -251,7 +251,12 @@ def test_validation_values_that_are_not_numbers_are_recorded_and_not_shown(monke
     run(
         num_epochs=1,
         progress=True,
-        evaluate=lambda: {"elbo": torch.tensor(-2.5), "note": "refined", "n": 3},
+        evaluate=lambda: {
+            "elbo": torch.tensor(-2.5),
+            "note": "refined",
+            "n": 3,
+            "per_dim": torch.ones(3),
+        },
     )
     assert bars[0].postfixes[-1] == {"val_elbo": "-2.50", "val_n": "3.00"}
 
