@@ -84,7 +84,7 @@ def test_traversals_label_dimensions_and_values():
 
 def test_kl_bars_show_every_dimension_and_grey_out_inactive_ones():
     kl = torch.tensor([0.5, 0.0, 2.0, 0.01])
-    variances = torch.tensor([0.2, 0.001, 0.5, 0.01])  # active iff > 0.01: dims 0 and 2
+    variances = [0.2, 0.001, 0.5, 0.01]  # active iff > 0.01 (strictly): dims 0 and 2
     fig = plots.plot_kl_per_dimension(kl, variances=variances)
     (ax,) = fig.axes
     bars = {round(p.get_x() + p.get_width() / 2): p for p in ax.patches}
@@ -110,7 +110,7 @@ def test_kl_bars_without_variances_count_every_dimension_active():
 
 def test_pca_embedding_plots_the_first_points_coloured_by_label():
     rng = np.random.default_rng(0)
-    codes = rng.normal(size=(50, 4)) * [3.0, 1.0, 0.1, 0.1]
+    codes = rng.normal(size=(50, 4)) * [3.0, 2.0, 1.5, 1.0]  # 2 components: ~80% of variance
     labels = np.repeat([0, 1, 2], [20, 20, 10])
     fig = plots.plot_embedding(codes, labels, method="pca", max_points=40)
     (ax,) = fig.axes
@@ -122,6 +122,7 @@ def test_pca_embedding_plots_the_first_points_coloured_by_label():
     pca = PCA(n_components=2, random_state=0).fit(codes[:40])
     np.testing.assert_allclose(ax.collections[1].get_offsets(), pca.transform(codes[20:40]))
     share = 100 * pca.explained_variance_ratio_.sum()
+    assert 60 < share < 90
     assert ax.get_title() == f"Posterior means, PCA ({share:.0f}% of variance), 40 points"
     colours = [tuple(c.get_facecolor()[0][:3]) for c in ax.collections]
     assert colours[0] != colours[1]
@@ -136,6 +137,18 @@ def test_tsne_embedding_without_labels():
     # perplexity = min(30, max(2, (n - 1) // 3)) = 3 for 10 points
     assert ax.get_title() == "Posterior means, t-SNE (perplexity 3), 10 points"
     assert plots.plot_embedding(codes, method="pca", title="T").axes[0].get_title() == "T"
+    # the embedding is scikit-learn's 2-D t-SNE from a PCA start, seeded (default seed 0)
+    from sklearn.manifold import TSNE
+
+    expected = TSNE(n_components=2, perplexity=3.0, init="pca", random_state=0).fit_transform(codes)
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), expected)
+    again = plots.plot_embedding(codes, seed=0).axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(again, expected)
+    # perplexity (n - 1) // 3 between 2 and 30
+    for n, perplexity in ((4, 2), (11, 3), (100, 30)):
+        codes_n = np.random.default_rng(n).normal(size=(n, 3))
+        title = plots.plot_embedding(codes_n).axes[0].get_title()
+        assert title == f"Posterior means, t-SNE (perplexity {perplexity}), {n} points"
     with pytest.raises(ValueError, match="unknown embedding method 'umap'"):
         plots.plot_embedding(codes, method="umap")
 
