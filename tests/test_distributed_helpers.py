@@ -37,7 +37,7 @@ class ThreadWorld:
     def __init__(self, size, backend="gloo"):
         self.size, self.backend = size, backend
         self.local = threading.local()
-        self.barrier = threading.Barrier(size, timeout=20)
+        self.barrier = threading.Barrier(size, timeout=120)  # generous: a loaded machine
         self.slots = [None] * size
         self.group = types.SimpleNamespace(WORLD=object())
         self.new_groups, self.calls = [], []
