@@ -138,13 +138,8 @@ def train(
                         )
                     record[f"val_{key}"] = value
             record["seconds"] = time.perf_counter() - started
-            bar.set_postfix(
-                {
-                    k: f"{float(v):.2f}"
-                    for k, v in record.items()
-                    if k[:4] == "val_" and _is_number(v)
-                }
-            )
+            shown = {k: v for k, v in record.items() if k.startswith("val_") and _is_number(v)}
+            bar.set_postfix({k: f"{float(v):.2f}" for k, v in shown.items()})
             logger.info("epoch %d: %s", epoch + 1, record)
             records.append(record)
             if on_epoch_end is not None and on_epoch_end(record):
