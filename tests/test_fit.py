@@ -10,7 +10,6 @@ from pyro.infer import Trace_ELBO
 
 from pyro_skipvae import CheckpointError, ConfigError, DataError, NonFiniteLossError, SkipVAE
 from pyro_skipvae.data import load_dataset
-from pyro_skipvae.infer import LinearWarmup
 from pyro_skipvae.run import train_log
 
 FIT = {"batch_size": 50, "binarize": "dynamic", "kl_warmup_epochs": 2, "seed": 3}
@@ -60,12 +59,6 @@ def test_fit_writes_a_complete_run_directory(mnist, tiny_options, tmp_path):
     assert config["model"]["latent_dim"] == 4 and config["train"]["binarize"] == "dynamic"
     best = SkipVAE.load(run)
     assert best.config == vae.config
-
-
-def test_beta_warms_up_linearly():
-    warmup = LinearWarmup(num_epochs=10, start=0.1)
-    assert warmup(0) == 0.1 and warmup(5) == pytest.approx(0.55) and warmup(10) == 1.0 == warmup(12)
-    assert LinearWarmup(num_epochs=0)(0) == 1.0
 
 
 def test_resume_is_exact(mnist, tiny_options, tmp_path):
