@@ -448,6 +448,13 @@ def cli(verbose):
     help="With --lr-decay plateau: stop once the learning rate falls below this.",
 )
 @click.option(
+    "--early-stopping-patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop once this many epochs in a row have not improved the validation bound  "
+    "[default: train for --num-epochs]",
+)
+@click.option(
     "--kl-warmup-epochs",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -612,6 +619,7 @@ def _fit(ctx, o):
             lr_decay=o["lr_decay"],
             lr_decay_min_epochs=o["lr_decay_min_epochs"],
             min_learning_rate=o["min_learning_rate"],
+            early_stopping_patience=o["early_stopping_patience"],
             kl_warmup_epochs=o["kl_warmup_epochs"],
             kl_start=o["kl_start"],
             kl_cycle_epochs=o["kl_cycle_epochs"],

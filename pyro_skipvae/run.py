@@ -50,7 +50,11 @@ CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE, LOG_FILE = (
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: options that may change between a run and its resumption without changing the result of
 #: the epochs already done
-RESUMABLE_CHANGES = {("train", "num_epochs"), ("run", "device")}
+RESUMABLE_CHANGES = {
+    ("train", "num_epochs"),
+    ("train", "early_stopping_patience"),
+    ("run", "device"),
+}
 SELECTION_METRIC = "val_elbo"
 
 
@@ -254,6 +258,13 @@ class Run:
             self.best_epoch = record["epoch"]
         record["selected"] = self.best_epoch
         return improved
+
+    def stalled(self, patience: int | None) -> bool:
+        """Whether the last ``patience`` epochs all failed to improve on the selected one
+        (early stopping; never with ``patience`` None or before the first epoch)."""
+        if patience is None or not self.history or self.best_epoch is None:
+            return False
+        return self.history[-1]["epoch"] - self.best_epoch >= patience
 
     def save(self, *, improved: bool) -> None:
         """Write ``best.pt`` (if ``improved``), ``checkpoint.pt`` and ``metrics.jsonl``

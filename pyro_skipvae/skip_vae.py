@@ -97,6 +97,9 @@ class TrainConfig:
         the validation bound stalls, as the authors' text script does.
     :param int lr_decay_min_epochs: a stall before this epoch does not start the decay (15).
     :param float min_learning_rate: stop once the decayed rate is below this (default 0).
+    :param int early_stopping_patience: stop once this many epochs in a row have not improved
+        the validation bound (the selection metric, see :mod:`pyro_skipvae.run`); needs
+        validation data. Default None: train for ``num_epochs``.
     :param float kl_warmup_epochs: β rises linearly from ``kl_start`` to 1 over this many
         epochs (default 10 from 0.1, as in the papers' scripts; 0 disables warm-up).
     :param float kl_start: β at the start of training (default 0.1).
@@ -126,6 +129,7 @@ class TrainConfig:
     lr_decay: str = "none"
     lr_decay_min_epochs: int = 15
     min_learning_rate: float = 0.0
+    early_stopping_patience: int | None = None
     kl_warmup_epochs: float = 10.0
     kl_start: float = 0.1
     kl_cycle_epochs: float | None = None
@@ -148,6 +152,8 @@ class TrainConfig:
         )
         if self.clip_norm is not None:
             check_positive(clip_norm=self.clip_norm)
+        if self.early_stopping_patience is not None:
+            check_positive(early_stopping_patience=self.early_stopping_patience)
         if self.kl_warmup_epochs < 0 or not 0 < self.kl_start <= 1:
             raise ConfigError(
                 f"expected kl_warmup_epochs >= 0 and 0 < kl_start <= 1, found "
@@ -381,6 +387,10 @@ class SkipVAE:
         do) and ``val_ppl`` = exp(−Σ ELBO / Σ tokens) is recorded beside ``val_elbo``.
         """
         cfg = TrainConfig.from_options(options)
+        if cfg.early_stopping_patience is not None and val is None:
+            raise ConfigError(
+                "early_stopping_patience needs validation data (val=...), found val=None"
+            )
         likelihood = self.model.likelihood
         train_data = prepare(
             train_data, likelihood, binarization=cfg.binarize, name="training data", training=True
@@ -453,11 +463,12 @@ class SkipVAE:
                 record["learning_rate"] = optimizer.learning_rate  # the rate this epoch used
                 stop = optimizer.end_epoch(record["epoch"], improved)
             run.save(improved=improved)
-            return stop
+            return stop or run.stalled(cfg.early_stopping_patience)
 
         self.model.train()
         self.guide.train()
-        if not (isinstance(optimizer, Optimizer) and optimizer.exhausted):
+        exhausted = isinstance(optimizer, Optimizer) and optimizer.exhausted
+        if not (exhausted or run.stalled(cfg.early_stopping_patience)):
             train(
                 inference,
                 train_data,

@@ -273,3 +273,34 @@ def test_json_files_are_written_sorted_and_indented(tmp_path):
         text
         == '{\n  "a": {\n    "c": "\\u00e9",\n    "d": [\n      1,\n      2\n    ]\n  },\n  "b": 1\n}\n'
     )
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(
+    mnist, tiny_options, tmp_path, monkeypatch
+):
+    """Scripted validation bounds: epoch 2 is the best, epochs 3 and 4 do not beat it, so
+    patience 2 stops after epoch 4; a resume does not train on, a larger patience does."""
+    from pyro_skipvae.infer import SVI
+
+    scores = iter([-100.0, -90.0, -95.0, -90.5, -80.0, -85.0])
+    monkeypatch.setattr(SVI, "evaluate_metrics", lambda *a, **k: {"elbo": next(scores), "kl": 1.0})
+    run = tmp_path / "run"
+    _, history = fit(mnist, tiny_options, run, num_epochs=10, early_stopping_patience=2)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert [r["selected"] for r in history] == [1, 2, 2, 2]
+    _, resumed = fit(
+        mnist, tiny_options, run, num_epochs=10, resume=True, early_stopping_patience=2
+    )
+    assert len(resumed) == 4, "a stalled run resumed with the same patience trains no further"
+    _, longer = fit(mnist, tiny_options, run, num_epochs=6, resume=True, early_stopping_patience=3)
+    assert [r["epoch"] for r in longer] == [1, 2, 3, 4, 5, 6]
+    assert [r["selected"] for r in longer][-2:] == [5, 5]
+
+
+def test_early_stopping_needs_validation_data(mnist, tiny_options):
+    with pytest.raises(ConfigError, match="early_stopping_patience needs validation data"):
+        SkipVAE(mnist.data_shape, **tiny_options).fit(mnist.train, early_stopping_patience=2)
+    with pytest.raises(ConfigError, match="early_stopping_patience"):
+        SkipVAE(mnist.data_shape, **tiny_options).fit(
+            mnist.train, val=mnist.val, early_stopping_patience=0
+        )
