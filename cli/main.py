@@ -668,6 +668,13 @@ def _fit(ctx, o):
     "--eval-size", type=POSITIVE, default=None, help="Evaluate the first N examples only."
 )
 @click.option(
+    "--nll-size",
+    type=POSITIVE,
+    default=None,
+    help="Score the IW-NLL on N points of the split drawn at random with --seed "
+    "[default: every point].",
+)
+@click.option(
     "--dataset",
     default=None,
     help="Evaluate on this data set instead of the run's own (same shape, binarised as that "
@@ -694,6 +701,12 @@ def _fit(ctx, o):
     type=POSITIVE_FLOAT,
     default=0.01,
     help="δ of active units: Var_x E[z_d|x] > δ.",
+)
+@click.option(
+    "--accuracy-dataset",
+    default=None,
+    help="A labelled data set of the same shape (e.g. mnist for a binarized-mnist model) on "
+    "which to measure posterior-mean accuracy, besides the evaluation split.",
 )
 @click.option(
     "--classifier-train-size",
@@ -739,6 +752,11 @@ def diagnose(run_dir, num_refine_steps, no_plots, report, quiet, **options):
         f"{run_dir}: {m['dataset']} {m['split']} split, N = {m['num_points']}, {m['inference']} q"
         + (f" ({refined} refinement steps)" if refined else "")
         + (f", IW-NLL with K = {options['num_samples']}" if options["num_samples"] else "")
+        + (
+            f" on {m['nll_num_points']} random points"
+            if m.get("nll_num_points", m["num_points"]) < m["num_points"]
+            else ""
+        )
     )
     click.echo(format_table(m))
     for key in ("accuracy", "accuracy_knn"):

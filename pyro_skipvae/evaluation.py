@@ -21,7 +21,9 @@ from pyro.infer import Trace_ELBO
 from . import checkpoint
 from .data import EVAL_BINARIZATION_SEED, default_binarization, load_dataset, prepare
 from .data.text import length_order
+from .diagnostics.classify import classification_accuracy
 from .diagnostics.elbo import OUTPUT_BUDGET, evaluation_batch_size
+from .diagnostics.latent import Posteriors
 from .diagnostics.report import (
     compare_table,
     diagnose,
@@ -110,12 +112,14 @@ def diagnose_run(
     *,
     split: str = "test",
     num_samples: int = 500,
+    nll_size: int | None = None,
     eval_size: int | None = None,
     dataset: str | None = None,
     data_dir: str | os.PathLike | None = None,
     num_refine_steps: int | None = None,
     out: str | os.PathLike | None = None,
     classifier_train_size: int | None = None,
+    accuracy_dataset: str | None = None,
     au_threshold: float = 0.01,
     embedding: str = "tsne",
     plots: bool = True,
@@ -144,6 +148,9 @@ def diagnose_run(
 
     :param str split: ``"test"`` (default) or ``"val"``.
     :param int num_samples: importance samples K of the IW-NLL (default 500; 0 skips it).
+    :param int nll_size: score the IW-NLL on this many points of the split, drawn uniformly
+        without replacement with ``seed`` (default: all; see
+        :func:`~pyro_skipvae.diagnostics.diagnose`).
     :param int eval_size: evaluate the first ``eval_size`` examples of the split only.
     :param str dataset: evaluate on this data set (a name or file, same data shape) instead of
         the run's own, binarised as that data set is by default
@@ -156,12 +163,21 @@ def diagnose_run(
         training codes are refined too.
     :param int classifier_train_size: fit the classifiers on the first this-many training
         images (default: all of the data set's training split).
+    :param str accuracy_dataset: a labelled data set of the same shape on which to measure
+        posterior-mean accuracy (``accuracy``, ``accuracy_knn``) when the evaluated one has
+        no labels, e.g. ``"mnist"`` for a model of the unlabelled static binarised MNIST: its
+        split and training images, binarised as that data set is by default (once, with the
+        fixed seed), are encoded by the same (refined) guide.
     :returns: dict with ``metrics`` (as written to JSON), ``paths`` and the :func:`diagnose`
         result under ``result``.
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
-    for name, value in (("eval_size", eval_size), ("classifier_train_size", classifier_train_size)):
+    for name, value in (
+        ("eval_size", eval_size),
+        ("nll_size", nll_size),
+        ("classifier_train_size", classifier_train_size),
+    ):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be a positive integer, found {value}")
     if num_samples < 0 or (num_refine_steps is not None and num_refine_steps < 0):
@@ -219,6 +235,7 @@ def diagnose_run(
             train_data=None if train_data is None else train_data.to(dev),
             train_labels=train_labels,
             num_samples=num_samples,
+            nll_size=nll_size,
             au_threshold=au_threshold,
             chunk_size=chunk_size,
             particle_chunk=min(max(1, 10_000 // chunk_size), per_call),
@@ -232,6 +249,20 @@ def diagnose_run(
             result["per_datapoint"] = {k: v[inverse] for k, v in result["per_datapoint"].items()}
             result["codes"] = result["codes"][inverse]
         metrics = result["metrics"]
+        if accuracy_dataset is not None and "accuracy" not in metrics:
+            accuracy = labelled_accuracy(
+                vae,
+                guide,
+                accuracy_dataset,
+                split=split,
+                data_dir=data_dir,
+                eval_size=eval_size,
+                classifier_train_size=classifier_train_size,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+            metrics["estimators"].update(accuracy.pop("estimators"))
+            metrics.update(accuracy)
         metrics.update(
             run_dir=str(run_dir),
             dataset=dataset,
@@ -277,6 +308,48 @@ def diagnose_run(
     )
     checkpoint.atomic_write_json(paths["json"], metrics)
     return {"metrics": metrics, "paths": {k: str(v) for k, v in paths.items()}, "result": result}
+
+
+def labelled_accuracy(
+    vae, guide, dataset, *, split, data_dir, eval_size, classifier_train_size, chunk_size, progress
+) -> dict:
+    """Posterior-mean accuracy (logistic regression and 5-NN, fractions with standard
+    errors) of ``guide``'s codes on the labelled data set ``dataset``: the classifiers are
+    fitted on the codes of its training images (the first ``classifier_train_size``) and
+    scored on (the first ``eval_size`` of) its ``split``. See :func:`diagnose_run`'s
+    ``accuracy_dataset``."""
+    splits = load_dataset(dataset, data_dir=data_dir)
+    data, labels = splits.split(split)
+    if labels is not None and eval_size is not None:
+        data, labels = data[:eval_size], labels[:eval_size]
+    train, train_labels = splits.train, splits.train_labels
+    if labels is None or train_labels is None:
+        raise DataError(f"accuracy_dataset {dataset!r} has no labels")
+    if classifier_train_size is not None:
+        train, train_labels = train[:classifier_train_size], train_labels[:classifier_train_size]
+    likelihood, mode = vae.model.likelihood, default_binarization(dataset)
+    codes = [
+        Posteriors(
+            guide,
+            prepare(x, likelihood, binarization=mode, name=f"{dataset} {name}").to(vae.device),
+            chunk_size=chunk_size,
+            progress=progress,
+        ).means()
+        for name, x in ((split, data), ("training data", train))
+    ]
+    metrics = {"accuracy_dataset": dataset, "classifier_num_train": int(train.shape[0])}
+    accuracy = classification_accuracy(codes[1], train_labels, codes[0], labels)
+    for name, r in accuracy.items():
+        key = "accuracy" if name == "logistic" else f"accuracy_{name}"
+        metrics.update({key: r["accuracy"], f"{key}_se": r["accuracy_se"]})
+    metrics["estimators"] = {
+        f"accuracy{'' if name == 'logistic' else '_' + name}": (
+            f"{r['classifier']}; fitted on {r['num_train']} {dataset} training points, scored "
+            f"on its {split} split"
+        )
+        for name, r in accuracy.items()
+    }
+    return metrics
 
 
 def load_diagnostics(path: str | os.PathLike) -> dict[str, Any]:

@@ -193,3 +193,65 @@ def test_semi_amortized_run_is_diagnosed_with_its_own_refinement(tmp_path):
     plain = json.loads(amortized.read_text())
     assert plain["inference"] == "amortized" and plain["refinement"] is None
     assert own["elbo"] > plain["elbo"], "refinement must raise the bound on the same images"
+
+
+def test_nll_on_a_seeded_random_subset(run_dir, tmp_path):
+    """--nll-size scores the IW-NLL on that many points drawn with --seed; the others are NaN
+    in the netCDF, and the reported NLL is the mean over the scored points."""
+    import xarray as xr
+
+    out = tmp_path / "subset.json"
+    args = [
+        "diagnose",
+        str(run_dir),
+        *DIAGNOSE,
+        "--nll-size",
+        "40",
+        "--no-plots",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "on 40 random points" in result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["nll_num_points"] == 40 and metrics["num_points"] == 150
+    with xr.open_dataset(out.with_suffix(".nc")) as ds:
+        nll = ds["nll"].values
+        elbo = ds["elbo"].values
+    scored = ~(nll != nll)
+    assert scored.sum() == 40 and not (elbo != elbo).any()
+    assert metrics["nll"] == pytest.approx(nll[scored].mean(), rel=1e-6)
+    # the same seed picks the same points; another seed other points
+    again = tmp_path / "again.json"
+    CliRunner().invoke(cli, [*args[:-1], str(again)])
+    with xr.open_dataset(again.with_suffix(".nc")) as ds:
+        assert ((ds["nll"].values == ds["nll"].values) == scored).all()
+    other = tmp_path / "other.json"
+    CliRunner().invoke(cli, [*args[:-1], str(other), "--seed", "1"])
+    with xr.open_dataset(other.with_suffix(".nc")) as ds:
+        assert ((ds["nll"].values == ds["nll"].values) != scored).any()
+
+
+def test_accuracy_on_a_labelled_twin_data_set(tmp_path):
+    """A model of the unlabelled static binarised MNIST gets posterior-mean accuracy from
+    labelled MNIST with --accuracy-dataset; without it, no accuracy."""
+    run = tmp_path / "bmnist"
+    fit = ["fit", "--dataset", "binarized-mnist", "--train-size", "500", "--val-size", "100"]
+    fit += ["--num-epochs", "1", "--hidden-dims", "32", "--latent-dim", "4"]
+    result = CliRunner().invoke(cli, [*fit, "--out", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    base = ["diagnose", str(run), "--eval-size", "200", "--num-samples", "0", "--no-plots"]
+    base += ["--classifier-train-size", "300", "--quiet"]
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" not in json.loads((run / "diagnostics.json").read_text())
+    result = CliRunner().invoke(cli, [*base, "--accuracy-dataset", "mnist"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "diagnostics.json").read_text())
+    assert metrics["accuracy_dataset"] == "mnist" and metrics["classifier_num_train"] == 300
+    assert 0.2 < metrics["accuracy"] <= 1 and 0.2 < metrics["accuracy_knn"] <= 1
+    assert "mnist training points" in metrics["estimators"]["accuracy"]
+    assert "full-set" in metrics["estimators"]["mi"], "the other estimators are kept"
+    result = CliRunner().invoke(cli, [*base, "--accuracy-dataset", "ptb"])
+    assert result.exit_code != 0

@@ -125,6 +125,29 @@ class Posteriors:
 
         return fixed_guide
 
+    def subset(self, index: torch.Tensor) -> "Posteriors":
+        """The stored q(z | x_n) of the rows ``index`` (in that order), as a new
+        :class:`Posteriors`, without running the guide again: a refined guide's q stays the
+        one every other estimator measured. Diagonal-Gaussian guides only.
+
+        :raises NotImplementedError: for other guides (whose stored chunks cannot be re-cut).
+        """
+        if self._gaussian_loc_scale is None:
+            raise NotImplementedError(
+                f"a subset of {type(self.fns[0]).__name__} posteriors needs the guide run again"
+            )
+        loc, scale = (t[index] for t in self._gaussian_loc_scale)
+        rows = iter(range(0, len(index), self.chunk_size))
+
+        # Posteriors calls its guide once per chunk, in order: each call takes the next rows.
+        def stored(x):
+            start = next(rows)
+            with data_plate(x):
+                q = dist.Normal(loc[start : start + x.shape[0]], scale[start : start + x.shape[0]])
+                return pyro.sample(LATENT_SITE, q.to_event(1))
+
+        return Posteriors(stored, self.data[index], chunk_size=self.chunk_size)
+
     def chunks(self):
         """Yield ``(x_chunk, fn, guide_trace)`` for every chunk."""
         for start, fn, trace in zip(self.starts, self.fns, self.traces):
