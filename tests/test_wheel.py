@@ -170,7 +170,7 @@ def test_the_sdist_holds_sources_tests_docs_and_release_files(dist):
 
 
 @pytest.fixture(scope="module")
-def data_dir():
+def mnist_dir():
     """The MNIST folder, or a skip saying where it was looked for (the only reason to skip)."""
     try:
         return resolve_data_dir(expected="MNIST/raw/*-ubyte.gz")
@@ -196,7 +196,8 @@ def installed(dist, tmp_path_factory):
     )
     run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index"]
-        + ["--no-deps", "--no-compile", str(wheel)]
+        # --ignore-installed: a copy of pyro-skipvae in the borrowed folders is left alone
+        + ["--no-deps", "--ignore-installed", "--no-compile", str(wheel)]
     )
     return env, python, dependencies
 
@@ -208,12 +209,12 @@ def fresh_env():
     return env
 
 
-def test_the_installed_wheel_fits_and_diagnoses_mnist(installed, data_dir, tmp_path):
+def test_the_installed_wheel_fits_and_diagnoses_mnist(mnist_dir, installed, tmp_path):
     env_dir, python, dependencies = installed
     work = tmp_path / "elsewhere"  # a folder outside the repository
     work.mkdir()
     env = fresh_env()
-    env["SKIPVAE_DATA_DIR"] = str(data_dir)
+    env["SKIPVAE_DATA_DIR"] = str(mnist_dir)
 
     # the package comes from the wheel, and nothing of the checkout is importable
     where = run(
@@ -233,7 +234,7 @@ def test_the_installed_wheel_fits_and_diagnoses_mnist(installed, data_dir, tmp_p
     inside = [p for p in path if p and Path(p).resolve().is_relative_to(ROOT)]
     assert not set(inside) - set(dependencies), path
 
-    skipvae = str(env_dir / "bin" / "skipvae")
+    skipvae = str(python.with_name("skipvae"))  # the console script the wheel installed
     assert re.match(
         rf"pyro-skipvae {re.escape(VERSION)}, torch ", run([skipvae, "--version"], env=env)
     )
