@@ -257,15 +257,15 @@ def print_version(ctx, param, value):
     """``--version``: the versions a bug report needs (imports torch, so only when asked)."""
     if not value or ctx.resilient_parsing:
         return
-    from importlib.metadata import version
-
     import pyro
     import torch
+
+    from pyro_skipvae import __version__  # the one place the version is written
 
     cuda = torch.version.cuda or "none"
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     click.echo(
-        f"pyro-skipvae {version('pyro-skipvae')}, torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"pyro-skipvae {__version__}, torch {torch.__version__}, pyro {pyro.__version__}, "
         f"CUDA {cuda} ({devices} device(s) visible), Python {sys.version.split()[0]}"
     )
     ctx.exit()
