@@ -40,9 +40,10 @@ class LSTMDecoder(Decoder):
       the first input), so each p(x_t | x_<t, z) puts all its mass on the other tokens,
       p(x | z) is a proper distribution over sequences of those, and :meth:`generate` samples
       from the same distribution whose NLL and perplexity are reported. The authors'
-      decoders keep BOS (and padding) in their softmax, which wastes a little mass on
-      tokens that never occur: their perplexities are those of a slightly different
-      distribution (``benchmarks/results/ptb_lstm.md`` measures the difference).
+      decoders (``models_text.py``, ``models_text_skip.py``) keep BOS (and padding) in
+      their softmax, which wastes a little mass on tokens that never occur: their
+      perplexities are those of a slightly different distribution (on PTB the difference is
+      about 0.006%, ``benchmarks/results/ptb_lstm.md``).
     * Parameters start uniform in [−``init_scale``, ``init_scale``] as in the authors'
       scripts (0.1); dropout acts on the embeddings and on every layer's output, as theirs
       on the embeddings and the LSTM output; word dropout (Bowman et al. 2016, §3) is an
