@@ -39,11 +39,11 @@ from dataclasses import dataclass, fields
 
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 
 from ..checks import is_positive
 from ..errors import ConfigError
-from .trace_elbo import Trace_ELBO
+from .trace_elbo import Trace_ELBO, TraceMeanField_ELBO
 
 COORDINATES = ("log-variance", "log-scale")
 KL_ESTIMATORS = ("analytic", "monte-carlo")
@@ -52,8 +52,10 @@ KL_ESTIMATORS = ("analytic", "monte-carlo")
 def refinement_elbo(elbo, refine_kl: str = "analytic"):
     """The Pyro ELBO the refinement ascends, given the run's objective ``elbo``: the plain
     ELBO with ``elbo``'s particle settings, its KL analytic where ``kl_divergence`` knows the
-    pair (:class:`~pyro.infer.TraceMeanField_ELBO`), or one-sample Monte Carlo
-    (:class:`~.trace_elbo.Trace_ELBO`) with ``refine_kl="monte-carlo"``.
+    pair (:class:`~.trace_elbo.TraceMeanField_ELBO`), or one-sample Monte Carlo
+    (:class:`~.trace_elbo.Trace_ELBO`) with ``refine_kl="monte-carlo"``; both are Pyro's
+    estimators without host synchronisation (the refinement evaluates the ELBO K times per
+    training step).
 
     Any :class:`pyro.infer.ELBO` (Trace_ELBO, free bits, IWAE, Rényi, ...) is replaced this
     way; an object that is not one (a hand-written objective with ``differentiable_loss``) is
