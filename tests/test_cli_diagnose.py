@@ -182,6 +182,7 @@ def test_semi_amortized_run_is_diagnosed_with_its_own_refinement(tmp_path):
         "refine_momentum": 0.2,
         "refine_max_grad_norm": 2.0,
         "refine_coordinates": "log-variance",
+        "refine_kl": "analytic",
         "refine_batch_size": 25,
         "mode": "kl",
     }

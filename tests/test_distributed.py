@@ -19,6 +19,7 @@ import time
 import traceback
 
 import pyro.distributions as dist
+import pyro.infer
 import pytest
 import torch
 import torch.distributed
@@ -127,16 +128,53 @@ INFERENCES = {
 }
 
 
+def step_without_size(x, inference):
+    """One plain-SGD step of a tiny float64 skip-VAE with fixed sampling noise on ``x``,
+    called as ``step(x)`` (no ``size``); returns the weights after it."""
+    from pyro_skipvae.infer import Optimizer, SemiAmortizedSVI
+    from pyro_skipvae.infer.svi import SVI
+
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        vae = SkipVAE(x.shape[1:], latent_dim=3, hidden_dims=(16, 16), seed=0)
+        vae.guide = FixedNoiseGuide(vae.guide.encoder, x[0].numel())
+        params = [*vae.model.parameters(), *vae.guide.parameters()]
+        optim = Optimizer(params, name="sgd", learning_rate=0.5, clip_norm=None)
+        if inference == "svi":
+            step = SVI(vae.model, vae.guide, optim, pyro.infer.Trace_ELBO())
+        else:
+            step = SemiAmortizedSVI(
+                vae.model,
+                vae.guide,
+                optim,
+                pyro.infer.Trace_ELBO(),
+                num_refine_steps=2,
+                refine_max_grad_norm=None,
+            )
+        step.step(x.double())
+    finally:
+        torch.set_default_dtype(dtype)
+    return {**vae.model.state_dict(), **vae.guide.state_dict()}
+
+
+#: a synthetic binary minibatch of B = 5 (shards of 3 and 2 on two ranks)
+STEP_DATA = (torch.rand(5, 12, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+
+
 def _worker(rank, world_size, train, val, out):
     """Everything the 2-process checks need, in one start of the processes (they are slow
-    to start): the helpers' checks (their failure recorded, not raised) and the fits."""
+    to start): the helpers' checks (their failure recorded, not raised), the fits and one
+    step without ``size`` on unequal shards."""
     try:
         check_helpers(rank)
         helpers = None
     except Exception:
         helpers = traceback.format_exc()
     fits = {name: fit_fixed_noise(train, val, {**FIT, **o}) for name, o in INFERENCES.items()}
-    torch.save({"helpers": helpers, "fits": fits}, f"{out}.{rank}")
+    share = STEP_DATA.tensor_split(world_size)[rank]
+    steps = {name: step_without_size(share, name) for name in ("svi", "semi-amortized")}
+    torch.save({"helpers": helpers, "fits": fits, "steps": steps}, f"{out}.{rank}")
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +220,23 @@ def test_two_process_steps_equal_one_process_steps(two_process_results, float64,
     fresh = SkipVAE(train.shape[1:], latent_dim=3, hidden_dims=(16, 16), seed=0)
     name = "decoder.layers.2.weight"
     assert not torch.allclose(fresh.model.state_dict()[name], expected_weights[name])
+
+
+@pytest.mark.parametrize("inference", ["svi", "semi-amortized"])
+def test_a_step_without_size_on_unequal_shards_is_the_one_process_step(
+    two_process_results, inference
+):
+    """``step(x)`` without ``size`` on shards of 3 and 2 of a minibatch of 5 moves both
+    replicas exactly as one process stepping on all 5 (to float64 rounding): the plate
+    scale is the global B/B_r, matching the all-reduce's weights B_r/B."""
+    expected = step_without_size(STEP_DATA, inference)
+    fresh = SkipVAE(STEP_DATA.shape[1:], latent_dim=3, hidden_dims=(16, 16), seed=0)
+    name = "decoder.layers.2.weight"
+    assert not torch.allclose(fresh.model.state_dict()[name].double(), expected[name])
+    for result in two_process_results[2]:
+        weights = result["steps"][inference]
+        for key, value in expected.items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-9, atol=1e-12)
 
 
 def test_distributed_helpers_on_two_processes(two_process_results):

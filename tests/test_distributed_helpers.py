@@ -412,3 +412,27 @@ def test_apply_gradients_averages_over_ranks_even_where_a_rank_skips_a_parameter
 
     # Pyro's step on the N-scaled gradient as given: −(3·2 + 1·6)/4; gradients released
     assert world(2).run(pyro_step) == [(pytest.approx(-3.0), None)] * 2
+
+
+def test_free_bits_refuse_to_train_data_parallel(world):
+    """Free bits take max(λ, mean KL_j) over the whole minibatch, which no rank holds: in a
+    group of two the objective is refused, naming the reason, before any gradient."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.infer import FreeBitsELBO
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x, 1.0).to_event(1))
+
+    x = torch.ones(3, 2)
+    assert FreeBitsELBO(0.5).loss(model, guide, x) > 0  # one process: trains
+    world(2)
+    with pytest.raises(ConfigError, match="free bits cannot train data-parallel .*2 processes"):
+        FreeBitsELBO(0.5).differentiable_loss(model, guide, x)

@@ -42,7 +42,7 @@ def decoder_logits_by_hand(decoder, z, inputs):
             below = h[layer]
         top = torch.cat([h[-1], z], -1) if decoder.skip else h[-1]
         logits = top @ decoder.output.weight.T + decoder.output.bias
-        logits[:, decoder.pad_index] = -math.inf
+        logits[:, decoder.pad_index] = logits[:, decoder.bos_index] = -math.inf
         out.append(logits)
     return torch.stack(out, 1)
 
@@ -95,8 +95,10 @@ def test_lstm_decoder_defaults_are_documented():
     values = torch.cat([p.detach().flatten() for p in decoder.parameters()])
     assert values.abs().max() <= 0.1 and values.max() > 0.099 and values.min() < -0.099
     assert values.mean().abs() < 0.01
-    # the padding logit is −∞, every other one untouched; not saved with the weights
-    assert decoder.never[0] == -math.inf and torch.equal(decoder.never[1:], torch.zeros(10))
+    # the padding (0) and BOS (2) logits are −∞, every other one untouched; not saved with
+    # the weights
+    assert decoder.never[0] == decoder.never[2] == -math.inf
+    assert torch.equal(decoder.never[[1, *range(3, 11)]], torch.zeros(9))
     assert "never" not in decoder.state_dict()
 
 
@@ -128,7 +130,34 @@ def test_lstm_decoder_logits_with_other_special_ids(float64, skip, num_layers):
     assert got.shape == (3, 4, V)  # up to the longest real sequence (4 tokens)
     inputs = torch.cat([torch.full((3, 1), 4), x[:, :3]], 1)  # BOS (id 4) then x_<t
     assert torch.allclose(got, decoder_logits_by_hand(decoder, z, inputs), rtol=1e-12, atol=1e-12)
-    assert torch.all(got[..., 5] == -math.inf) and torch.isfinite(got[..., :5]).all()
+    assert torch.all(got[..., 5] == -math.inf) and torch.all(got[..., 4] == -math.inf)
+    assert torch.isfinite(got[..., [0, 1, 2, 3, 6, 7, 8]]).all()
+
+
+def test_scored_and_sampled_next_token_distributions_are_one_over_the_real_tokens(
+    float64, monkeypatch
+):
+    """p(x_t | x_<t, z) puts no mass on padding or BOS (neither is ever a target) and sums
+    to one over the other tokens, and generate samples from exactly the distribution that is
+    scored (the first token's, from BOS: the same logits, so the same probabilities)."""
+    decoder = toy_decoder(init_scale=1.0).eval()
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    x = torch.tensor([[0, 1, 7, 5, 5, 5]] * 4)
+    probs = decoder(z, x).softmax(-1)
+    assert torch.all(probs[..., 4] == 0) and torch.all(probs[..., 5] == 0)
+    real = [0, 1, 2, 3, 6, 7, 8]
+    assert torch.allclose(probs[..., real].sum(-1), torch.ones(4, 3), rtol=1e-12)
+    sampled = []
+    categorical = torch.distributions.Categorical
+
+    def recording(logits):
+        drawn = categorical(logits=logits)
+        sampled.append(drawn.probs)
+        return drawn
+
+    monkeypatch.setattr(torch.distributions, "Categorical", recording)
+    decoder.generate(z, max_length=1)
+    assert torch.allclose(sampled[0], probs[:, 0], rtol=1e-12, atol=1e-15)
 
 
 def test_lstm_decoder_output_has_one_position_even_for_empty_sequences(float64):

@@ -167,6 +167,7 @@ def test_refinement_options_round_trip():
         "refine_momentum": 0.2,
         "refine_max_grad_norm": None,
         "refine_coordinates": "log-scale",
+        "refine_kl": "analytic",
     }
     assert Refinement.from_options({**options, "learning_rate": 1e-3}) == refine
 
@@ -206,3 +207,146 @@ def test_momentum_zero_is_allowed_and_a_string_is_a_config_error():
     assert Refinement(refine_momentum=0).refine_momentum == 0
     with pytest.raises(ConfigError, match="refine_momentum"):
         Refinement(refine_momentum="0.5")
+
+
+def hand_refinement(model, x, init, *, steps, lr, rho, max_norm, beta):
+    """Algorithm 1 by hand in (μ, log σ²) with the analytic KL, drawing ε as the library does
+    (one (B, D) standard normal per step, from the current seed); also the gradient norms."""
+    eps = [torch.empty(x.shape[0], D).normal_() for _ in range(steps)]
+    loc, log_var = init[0].clone(), init[1].clone()
+    momenta, norms = None, []
+    for k in range(steps):
+        scale = (0.5 * log_var).exp()
+        W, b = model.decoder.linear.weight.detach(), model.decoder.linear.bias.detach()
+        back = -((x - (loc + scale * eps[k]) @ W.T - b) @ W) / NOISE**2
+        grads = (
+            (back + beta * loc) / x.shape[0],
+            (back * eps[k] * scale / 2 + beta * (scale**2 - 1) / 2) / x.shape[0],
+        )
+        norms.append(max(g.norm().item() for g in grads))
+        grads = [clip(g, max_norm) for g in grads]
+        momenta = grads if momenta is None else [rho * m + g for m, g in zip(momenta, grads)]
+        loc, log_var = loc - lr * momenta[0], log_var - lr * momenta[1]
+    return (loc, log_var), norms
+
+
+@pytest.mark.parametrize("entry", ["Refinement", "SemiAmortizedSVI"])
+def test_default_refinement_is_the_authors_20_steps_lr_1_momentum_half_clip_5(entry):
+    """The defaults, pinned by what they do (not by comparing two default objects, which a
+    changed default would leave equal): 20 steps of η = 1, ρ = 0.5 with each gradient tensor
+    clipped at norm 5, by hand. The clip binds at the first step (norm > 5) and not at every
+    later one, so a clip of 1 (or any other K, η, ρ) gives other parameters."""
+    import pyro.optim
+
+    from pyro_skipvae.infer import SemiAmortizedSVI
+
+    model, guide, x, init = problem()
+    x = x * 3  # large residuals: gradients above the clip at the start
+    pyro.set_rng_seed(4)
+    if entry == "Refinement":
+        got = Refinement()(model, guide, TraceMeanField_ELBO(), x, init, beta=BETA)
+    else:
+        inference = SemiAmortizedSVI(model, guide, pyro.optim.Adam({}), TraceMeanField_ELBO())
+        got = inference.refine(x, init, beta=BETA)
+    pyro.set_rng_seed(4)
+    want, norms = hand_refinement(
+        model, x, init, steps=20, lr=1.0, rho=0.5, max_norm=5.0, beta=BETA
+    )
+    assert norms[0] > 5.0 and min(norms) < 5.0
+    assert torch.allclose(got[0], want[0], rtol=1e-9, atol=1e-10)
+    assert torch.allclose(got[1], want[1], rtol=1e-9, atol=1e-10)
+
+
+def test_refined_guide_divides_every_chunk_by_the_training_batch_size():
+    """Evaluating 4 points in chunks of 3 refines the last chunk of 1 with the objective
+    divided by B = 3 (step η/3 per datapoint, as in training), not by its own size 1."""
+    from pyro import poutine
+
+    from pyro_skipvae.infer import refined_guide
+
+    model, guide, x, init = problem()
+    refinement = Refinement(num_refine_steps=3, refine_lr=0.9)
+
+    def initial_params(chunk):  # λ₀ of the chunk's rows, found by value
+        rows = [int((x == row).all(-1).nonzero()) for row in chunk]
+        return init[0][rows], init[1][rows]
+
+    pyro.set_rng_seed(2)
+    trace = poutine.trace(
+        refined_guide(model, guide, TraceMeanField_ELBO(), refinement, batch_size=3,
+                      initial_params=initial_params)
+    ).get_trace(x)  # fmt: skip
+    got = trace.nodes["z"]["fn"].base_dist
+    elbo = TraceMeanField_ELBO()
+
+    def last_chunk(batch_size):
+        pyro.set_rng_seed(2)
+        refinement(model, guide, elbo, x[:3], initial_params(x[:3]), batch_size=3)
+        return refinement(model, guide, elbo, x[3:], initial_params(x[3:]), batch_size=batch_size)
+
+    by_3, by_1 = last_chunk(3), last_chunk(None)
+    assert not torch.allclose(by_3[0], by_1[0])
+    assert torch.allclose(got.loc[3:], by_3[0], rtol=1e-12)
+    assert torch.allclose(got.scale[3:], (0.5 * by_3[1]).exp(), rtol=1e-12)
+
+
+class _Opaque:
+    """An objective that is not a Pyro ELBO: the refinement takes it as it is."""
+
+    def __init__(self, elbo):
+        self.elbo = elbo
+
+    def differentiable_loss(self, *args, **kwargs):
+        return self.elbo.differentiable_loss(*args, **kwargs)
+
+
+def _refined(elbo, refinement=None, seed=9):
+    model, guide, x, init = problem()
+    pyro.set_rng_seed(seed)
+    refinement = refinement or Refinement(num_refine_steps=3, refine_max_grad_norm=None)
+    return refinement(model, guide, elbo, x, init, beta=BETA)
+
+
+def test_refinement_ascends_the_elbo_whatever_the_training_objective():
+    """With free bits as the run's objective (λ = 2 nats per dimension: the KL's gradient
+    vanishes below it), λ_K is that of the ELBO with the analytic KL; refining the free-bits
+    objective itself would give other parameters."""
+    from pyro_skipvae.infer import FreeBitsELBO
+
+    elbo = _refined(TraceMeanField_ELBO())
+    got = _refined(FreeBitsELBO(2.0))
+    assert all(torch.equal(a, b) for a, b in zip(got, elbo))
+    free_bits = _refined(_Opaque(FreeBitsELBO(2.0)))
+    assert not torch.allclose(free_bits[1], elbo[1])
+
+
+def test_refinement_kl_is_analytic_by_default_whatever_the_elbo_and_monte_carlo_on_request():
+    """With Trace_ELBO as the run's objective, the refinement's KL is analytic (the same λ_K
+    as TraceMeanField_ELBO, not Trace_ELBO's one-sample KL); ``refine_kl="monte-carlo"``
+    refines with the one-sample KL. Particle settings are the run's."""
+    from pyro.infer import RenyiELBO, Trace_ELBO
+
+    from pyro_skipvae.infer import PerDatapointBound
+    from pyro_skipvae.infer.refine import refinement_elbo
+    from pyro_skipvae.infer.trace_elbo import TraceMeanField_ELBO as SyncFreeMeanField
+
+    analytic = _refined(TraceMeanField_ELBO())
+    monte_carlo = _refined(_Opaque(Trace_ELBO()))
+    assert not torch.allclose(analytic[1], monte_carlo[1])
+    assert all(torch.equal(a, b) for a, b in zip(_refined(Trace_ELBO()), analytic))
+    mc = Refinement(num_refine_steps=3, refine_max_grad_norm=None, refine_kl="monte-carlo")
+    for objective in (Trace_ELBO(), TraceMeanField_ELBO()):
+        got = _refined(objective, mc)
+        assert all(torch.allclose(a, b, rtol=1e-12) for a, b in zip(got, monte_carlo))
+    iwae = PerDatapointBound(
+        RenyiELBO(alpha=0.0, num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    )
+    objective = refinement_elbo(iwae)
+    assert type(objective) is SyncFreeMeanField  # Pyro's estimator, without host syncs
+    assert (objective.num_particles, objective.vectorize_particles) == (3, True)
+    # the data plate and the particle plate, as in the run's ELBO (not counted twice)
+    assert objective.max_plate_nesting == iwae.max_plate_nesting == 2
+    mean_field = SyncFreeMeanField()
+    assert refinement_elbo(mean_field) is mean_field
+    with pytest.raises(ConfigError, match="expected one of: analytic, monte-carlo"):
+        Refinement(refine_kl="exact")

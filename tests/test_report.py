@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from headless_chromium import Chromium, find_chromium
 
 from pyro_skipvae.cli.main import cli
-from pyro_skipvae.report import build_report, collapse_verdict, psis_verdict
+from pyro_skipvae.report import build_report, collapse_verdict, psis_verdict, verdicts
 from pyro_skipvae.report.content import config_rows, diagnostics_rows, history_rows
 from pyro_skipvae.report.figures import training_curves
 from pyro_skipvae.report.verdicts import percent
@@ -201,6 +201,33 @@ def test_collapse_verdict_levels():
     assert collapse_verdict(_metrics(au=4, kl=0.05))["level"] == "collapsed"
     assert collapse_verdict({"kl": 1.0})["level"] == "unknown"
     assert any("δ = 0.01" in t for t in collapse_verdict(_metrics())["thresholds"])
+
+
+def test_collapse_verdict_thresholds_at_their_boundaries_on_the_total_kl():
+    """Collapse is ``au == 0 or KL < 0.1`` with KL the *total* over dimensions: exactly 0.1
+    nats is not collapsed, just below is; 0.3 nats over 4 active dimensions (0.075 per
+    dimension, below 0.1) is no collapse; one inactive dimension of D is partial, none is
+    none, and A = 0 is collapse whatever the KL."""
+    assert verdicts.COLLAPSED_KL == 0.1
+    assert collapse_verdict(_metrics(kl=0.1))["level"] == "none"
+    assert collapse_verdict(_metrics(kl=math.nextafter(0.1, 0)))["level"] == "collapsed"
+    assert collapse_verdict(_metrics(kl=0.3, kl_per_dim=[0.075] * 4))["level"] == "none"
+    assert collapse_verdict(_metrics(au=3))["level"] == "partial"
+    assert collapse_verdict(_metrics(au=1))["level"] == "partial"
+    assert collapse_verdict(_metrics(au=4))["level"] == "none"
+    assert collapse_verdict(_metrics(au=0, kl=50.0))["level"] == "collapsed"
+
+
+@pytest.mark.parametrize(
+    "share, level",
+    [(0.01, "reliable"), (math.nextafter(0.01, 1), "usable"), (0.10, "usable"),
+     (math.nextafter(0.10, 1), "unreliable")],
+)  # fmt: skip
+def test_psis_verdict_shares_at_their_boundaries(share, level):
+    """At most 1% of points above k̂'s threshold is reliable, at most 10% usable (inclusive)."""
+    assert (verdicts.PSIS_RELIABLE_SHARE, verdicts.PSIS_USABLE_SHARE) == (0.01, 0.10)
+    metrics = {"nll": 90.0, "pareto_k_share_above": share, "nll_num_samples": 500}
+    assert psis_verdict(metrics)["level"] == level
 
 
 def test_collapse_verdict_notes():

@@ -438,9 +438,9 @@ def test_cli_diagnose_on_text(text_run, ptb, data_dir):
 
 
 def test_perplexity_of_a_uniform_decoder_is_the_vocabulary_size(text_run, ptb, data_dir):
-    """Hand-computed case: logits equal for every real token (padding excluded) whatever z,
-    and q(z|x) = p(z), so ELBO = log p(x) = −ℓ(x) log(V − 1) with no Monte-Carlo error and
-    both perplexities are exactly V − 1 = 10001."""
+    """Hand-computed case: logits equal for every real token (padding and BOS, never
+    targets, excluded) whatever z, and q(z|x) = p(z), so ELBO = log p(x) = −ℓ(x) log(V − 2)
+    with no Monte-Carlo error and both perplexities are exactly V − 2 = 10000."""
     from pyro_skipvae.evaluation import diagnose_run
 
     vae = SkipVAE.load(text_run)
@@ -457,8 +457,8 @@ def test_perplexity_of_a_uniform_decoder_is_the_vocabulary_size(text_run, ptb, d
         "metrics"
     ]
     assert m["kl"] == 0 and abs(m["mi"]) < 1e-5  # float32 round-off
-    assert m["ppl_bound"] == pytest.approx(10001, rel=1e-5)
-    assert m["iw_ppl"] == pytest.approx(10001, rel=1e-5)
+    assert m["ppl_bound"] == pytest.approx(10000, rel=1e-5)
+    assert m["iw_ppl"] == pytest.approx(10000, rel=1e-5)
 
 
 def test_yahoo_without_its_training_file_exits_1_naming_it(data_dir):

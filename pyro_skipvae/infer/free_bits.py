@@ -18,6 +18,11 @@ The KL of each dimension is analytic when :func:`~pyro.distributions.kl.kl_diver
 the pair of one-dimensional marginals (diagonal Gaussians), else the one-sample estimate
 log q(z_j|x) − log p(z_j) at the guide's own draw (averaged over particles and minibatch
 before the max). Both q and p must factorise over dimensions (``Independent(…, 1)``).
+
+**Not under data parallelism.** The max acts on the *global* minibatch's average KL; a rank
+holding a share of it sees only its share's average, so its gradient (and the all-reduced
+one) is not the 1-process gradient. :class:`FreeBitsELBO` refuses to run in an active
+``torch.distributed`` group of more than one process rather than train a different objective.
 """
 
 import pyro.distributions as dist
@@ -28,6 +33,7 @@ from pyro.infer.util import torch_item
 
 from ..errors import ConfigError
 from ..sites import LATENT_SITE
+from . import distributed
 
 
 class FreeBitsELBO(Trace_ELBO):
@@ -68,6 +74,12 @@ class FreeBitsELBO(Trace_ELBO):
         return kl.expand(guide_site["value"].shape)
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
+        if distributed.active():
+            raise ConfigError(
+                f"free bits cannot train data-parallel (found {distributed.world_size()} "
+                "processes): max(λ, mean KL_j) is taken over each process's share of the "
+                "minibatch, not the whole minibatch; train in one process, or use another ELBO"
+            )
         elbo = 0.0
         for name, site in model_trace.nodes.items():
             if site["type"] == "sample" and name != LATENT_SITE:

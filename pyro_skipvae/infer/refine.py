@@ -18,7 +18,20 @@ variance 2–4× as far per step (kept for comparison with earlier results).
 
 The objective is the *mean* over the minibatch (the authors' losses are batch averages), so
 each datapoint moves along its own gradient scaled by η / B, and the clip acts on the whole
-minibatch's gradient tensor: both make the refinement depend on the minibatch size B.
+minibatch's gradient tensor: both make the refinement depend on the minibatch size B. Every
+sub-batch of an evaluation is therefore divided by the B the run trained with, the last,
+shorter one included (:func:`refined_guide`), as training divides every minibatch by it.
+
+**What the refinement ascends.** Always the (β-weighted) ELBO
+E_q[log p(x|z)] − β KL(q_λ(z) ‖ p(z)), per datapoint, whatever objective the run trains on:
+λ_K is a variational posterior, scored by the ELBO at training, validation and test, so it must
+maximise the ELBO, not free bits (whose max over the minibatch's KL couples the datapoints
+and, under data parallelism, the ranks) or an importance-weighted bound. The KL is analytic
+where :func:`~pyro.distributions.kl.kl_divergence` knows the pair of guide and prior (diagonal
+Gaussians: as the authors' refinement does), one-sample Monte Carlo otherwise
+(:func:`refinement_elbo`); ``refine_kl="monte-carlo"`` keeps the Monte-Carlo KL of
+:class:`~pyro.infer.Trace_ELBO` (each of the K steps then noisier, kept for comparison:
+``benchmarks/results/semi_amortized.md``). The number of particles is the run's.
 """
 
 import functools
@@ -26,11 +39,40 @@ from dataclasses import dataclass, fields
 
 import torch
 from pyro import poutine
+from pyro.infer import ELBO
 
 from ..checks import is_positive
 from ..errors import ConfigError
+from .trace_elbo import Trace_ELBO, TraceMeanField_ELBO
 
 COORDINATES = ("log-variance", "log-scale")
+KL_ESTIMATORS = ("analytic", "monte-carlo")
+
+
+def refinement_elbo(elbo, refine_kl: str = "analytic"):
+    """The Pyro ELBO the refinement ascends, given the run's objective ``elbo``: the plain
+    ELBO with ``elbo``'s particle settings, its KL analytic where ``kl_divergence`` knows the
+    pair (:class:`~.trace_elbo.TraceMeanField_ELBO`), or one-sample Monte Carlo
+    (:class:`~.trace_elbo.Trace_ELBO`) with ``refine_kl="monte-carlo"``; both are Pyro's
+    estimators without host synchronisation (the refinement evaluates the ELBO K times per
+    training step).
+
+    Any :class:`pyro.infer.ELBO` (Trace_ELBO, free bits, IWAE, Rényi, ...) is replaced this
+    way; an object that is not one (a hand-written objective with ``differentiable_loss``) is
+    taken as it is, and so is an ELBO of the wanted class already.
+    """
+    target = TraceMeanField_ELBO if refine_kl == "analytic" else Trace_ELBO
+    if not isinstance(elbo, ELBO) or type(elbo) is target:
+        return elbo
+    vectorized = elbo.vectorize_particles and elbo.num_particles > 1
+    settings = {
+        "num_particles": elbo.num_particles,
+        "vectorize_particles": elbo.vectorize_particles,
+        # Pyro's ELBO counts the particle plate in max_plate_nesting once it vectorises; the
+        # new ELBO adds it again, so pass the model's own nesting
+        "max_plate_nesting": elbo.max_plate_nesting - vectorized,
+    }
+    return target(**settings)
 
 
 def clip_tensor_norm(grad: torch.Tensor, max_norm: float | None) -> torch.Tensor:
@@ -56,6 +98,9 @@ class Refinement:
         ``None`` disables clipping).
     :param str refine_coordinates: ``"log-variance"`` (default: (μ, log σ²), the authors'
         coordinates) or ``"log-scale"`` ((μ, log σ)).
+    :param str refine_kl: ``"analytic"`` (default: the KL in closed form where prior and guide
+        have one, as the authors' refinement) or ``"monte-carlo"`` (one-sample estimate);
+        see the module docstring.
     """
 
     num_refine_steps: int = 20
@@ -63,6 +108,7 @@ class Refinement:
     refine_momentum: float = 0.5
     refine_max_grad_norm: float | None = 5.0
     refine_coordinates: str = "log-variance"
+    refine_kl: str = "analytic"
 
     def __post_init__(self):
         k = self.num_refine_steps
@@ -80,6 +126,11 @@ class Refinement:
             raise ConfigError(
                 f"unknown refine_coordinates {self.refine_coordinates!r}; expected one of: "
                 + ", ".join(COORDINATES)
+            )
+        if self.refine_kl not in KL_ESTIMATORS:
+            raise ConfigError(
+                f"unknown refine_kl {self.refine_kl!r}; expected one of: "
+                + ", ".join(KL_ESTIMATORS)
             )
 
     @classmethod
@@ -107,10 +158,13 @@ class Refinement:
 
     # ------------------------------------------------------------------ the algorithm
     def loss(self, model, guide, elbo, x, coords, *, beta=1.0, batch_size=None):
-        """(1/B) Σ_i −ELBO_β(c⁻¹(u_i); x_i) through the Pyro ELBO's ``differentiable_loss``
-        (plate scale 1: no ``size``); B is ``batch_size``, default ``len(x)``."""
+        """(1/B) Σ_i −ELBO_β(c⁻¹(u_i); x_i) through ``differentiable_loss`` of
+        :func:`refinement_elbo` (``elbo``) (plate scale 1: no ``size``); B is ``batch_size``,
+        default ``len(x)``."""
+        objective = refinement_elbo(elbo, self.refine_kl)
         refined = functools.partial(guide, local_params=self.from_coordinates(coords))
-        return elbo.differentiable_loss(model, refined, x, beta=beta) / (batch_size or x.shape[0])
+        loss = objective.differentiable_loss(model, refined, x, beta=beta)
+        return loss / (batch_size or x.shape[0])
 
     def run(self, model, guide, elbo, x, init, *, beta=1.0, create_graph=False, batch_size=None):
         """The K steps from the guide's λ₀ = ``init``.
@@ -133,6 +187,7 @@ class Refinement:
         coords = list(start) if create_graph else [u.detach().requires_grad_() for u in start]
         momenta = [None] * len(coords)
         first_grads = None
+        elbo = refinement_elbo(elbo, self.refine_kl)  # once, not per step
         with torch.enable_grad():
             for _ in range(self.num_refine_steps):
                 loss = self.loss(model, guide, elbo, x, coords, beta=beta, batch_size=batch_size)
@@ -150,9 +205,10 @@ class Refinement:
                 coords = stepped
         return self.from_coordinates(coords), start, first_grads
 
-    def __call__(self, model, guide, elbo, x, init, *, beta=1.0):
-        """Refined local parameters λ_K for the batch ``x``, detached (no history)."""
-        refined, _, _ = self.run(model, guide, elbo, x, init, beta=beta)
+    def __call__(self, model, guide, elbo, x, init, *, beta=1.0, batch_size=None):
+        """Refined local parameters λ_K for the batch ``x``, detached (no history); the
+        objective is divided by ``batch_size`` (default ``len(x)``), see :meth:`run`."""
+        refined, _, _ = self.run(model, guide, elbo, x, init, beta=beta, batch_size=batch_size)
         return tuple(p.detach() for p in refined)
 
 
@@ -161,7 +217,10 @@ def refined_guide(model, guide, elbo, refinement, *, batch_size, initial_params=
 
     The refinement runs on minibatches of ``batch_size`` (the refinement step depends on B,
     so use the training minibatch size) from ``initial_params(x)`` (default: the guide's own
-    ``local_params``), with β = 1, hidden from any enclosing trace. Evaluate it inside
+    ``local_params``), with β = 1, hidden from any enclosing trace. Every minibatch's objective
+    is divided by ``batch_size``, also the last one when it is shorter (the remainder of the
+    split, or a data-parallel rank's share), so each datapoint moves by η/B times its own
+    gradient wherever it falls, as in training. Evaluate it inside
     :func:`~pyro_skipvae.modes.evaluating`.
     """
     initial_params = initial_params or guide.local_params
@@ -173,7 +232,7 @@ def refined_guide(model, guide, elbo, refinement, *, batch_size, initial_params=
                 chunk = x[start : start + batch_size]
                 with torch.no_grad():
                     init = initial_params(chunk)
-                parts.append(refinement(model, guide, elbo, chunk, init))
+                parts.append(refinement(model, guide, elbo, chunk, init, batch_size=batch_size))
         local = tuple(torch.cat(p) for p in zip(*parts))
         return guide(x, local_params=local, **kwargs)
 

@@ -50,10 +50,12 @@ class SemiAmortizedSVI:
     as a float: −(N/B) Σ_i ELBO_β(λ_{K,i}; x_i), the refined bound scaled like SVI's loss
     (in ``kl`` mode the KL term the encoder trains on is not included).
 
-    **β during refinement.** The refinement ascends the same β-weighted bound
-    E_q[log p(x|z)] − β KL that the decoder is trained on at that step (the authors' code
-    uses ``args.beta`` in its refinement loss too), so λ_K optimises the objective being
-    trained; evaluation always refines and reports the plain ELBO (β = 1).
+    **What the refinement ascends.** The β-weighted ELBO E_q[log p(x|z)] − β KL with the
+    β of that step (the authors' code uses ``args.beta`` in its refinement loss too), with the
+    KL analytic where prior and guide have one (the authors' estimator), whatever ``loss`` the
+    decoder trains on: with free bits or an importance-weighted bound as ``loss``, λ_K still
+    maximises the ELBO, the bound it is scored by (see :mod:`~pyro_skipvae.infer.refine`).
+    Evaluation always refines and reports the plain ELBO (β = 1).
 
     **Refinement at evaluation** runs in minibatches of ``refine_batch_size`` (default: the
     largest training minibatch :meth:`step` has seen), because the update depends on B
@@ -67,7 +69,8 @@ class SemiAmortizedSVI:
     binding) a W-process step equals the 1-process step on the same global minibatch. The
     parameter gradients, second-order ones included, are averaged by
     :func:`~pyro_skipvae.infer.svi.apply_gradients` (DDP's reducer would refuse the double
-    backward).
+    backward). A ``step(x)`` without ``size`` scales the loss as one process would the whole
+    global minibatch (``size`` = B, the sum of the ranks' minibatch sizes).
 
     **cuDNN and double backward.** cuDNN's RNN kernels have no double backward. In
     ``end-to-end`` mode on CUDA, when the model or guide contains an :class:`torch.nn.RNNBase`
@@ -83,8 +86,9 @@ class SemiAmortizedSVI:
     :param str mode: ``"end-to-end"`` (default), ``"stop-gradient"``, ``"kl"`` or ``"svi"``.
     :param int refine_batch_size: minibatch size of the refinement at evaluation.
     :param refinement_options: ``num_refine_steps`` (K, default 20), ``refine_lr`` (1.0),
-        ``refine_momentum`` (0.5), ``refine_max_grad_norm`` (5.0) and ``refine_coordinates``
-        (``"log-variance"``): see :class:`~pyro_skipvae.infer.refine.Refinement`.
+        ``refine_momentum`` (0.5), ``refine_max_grad_norm`` (5.0), ``refine_coordinates``
+        (``"log-variance"``) and ``refine_kl`` (``"analytic"``): see
+        :class:`~pyro_skipvae.infer.refine.Refinement`.
 
     Example::
 
@@ -113,6 +117,7 @@ class SemiAmortizedSVI:
         refine_momentum=0.5,
         refine_max_grad_norm=5.0,
         refine_coordinates="log-variance",
+        refine_kl="analytic",
     ):
         if mode not in MODES:
             raise ConfigError(
@@ -124,6 +129,7 @@ class SemiAmortizedSVI:
             refine_momentum=refine_momentum,
             refine_max_grad_norm=refine_max_grad_norm,
             refine_coordinates=refine_coordinates,
+            refine_kl=refine_kl,
         )
         if num_refine_steps < 1:
             raise ConfigError(f"num_refine_steps must be at least 1, found {num_refine_steps}")
@@ -194,7 +200,8 @@ class SemiAmortizedSVI:
         * ``stop-gradient``: loss at stopgrad λ_K (decoder) + (N/B) Σ_i u₀·stopgrad ∇_{u₀}
           (−ELBO_β) (encoder, on its own bound only: the authors backpropagate that gradient
           into the encoder alone, so the decoder never sees the amortized ELBO); the gradient
-          at u₀ is the one the refinement's first step already computed;
+          at u₀ is the one the refinement's first step already computed, so it is the
+          refinement's ELBO (analytic KL where there is one), whatever ``loss`` is;
         * ``kl``: loss at stopgrad λ_K + (N/B) Σ_i KL(q_{λ₀,i} ‖ stopgrad q_{λ_K,i});
         * ``svi``: loss at stopgrad λ_K from λ₀ = 0.
 
@@ -243,8 +250,14 @@ class SemiAmortizedSVI:
     def step(self, x, *, size=None, beta=1.0):
         """Refine, take one optimizer step on the model and guide parameters, return the loss.
 
+        Without ``size`` the loss is the minibatch's own sum (N = B); in data-parallel
+        training B is then the global minibatch's, so the ranks' all-reduced step is the
+        1-process step on it (not B/B_r times a rank's share).
+
         :returns: −(N/B) Σ_i ELBO_β(λ_K; x_i) as a float (the scale of :class:`pyro.infer.SVI`).
         """
+        if size is None and distributed.active():
+            size = distributed.global_batch_size(x.shape[0])
         self._train_batch_size = max(self._train_batch_size or 0, x.shape[0])
         with self._rnn_context(), poutine.trace(param_only=True) as param_capture:
             loss, surrogate = self.loss_and_surrogate(x, size=size, beta=beta)

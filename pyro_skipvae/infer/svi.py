@@ -31,12 +31,23 @@ class SVI(pyro.infer.SVI):
             super().__init__(model, guide, optim, loss, **kwargs)
 
     def step(self, *args, **kwargs):
-        with poutine.trace(param_only=True) as param_capture:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        """One optimizer step on the minibatch ``x`` (first argument, or keyword ``x``);
+        returns the loss as a float.
+
+        Without ``size`` the plate is unscaled (N = B, the minibatch itself). In a
+        data-parallel group, B is then the *global* minibatch, the sum of the ranks' shares:
+        the model and guide get ``size`` = B, so each rank's loss is −(B/B_r) Σ_{i∈r} ELBO_i
+        and the all-reduced gradient Σ_r (B_r/B) G_r is the 1-process gradient on the whole
+        global minibatch (with each rank's own B_r as N, unequal shards would step apart).
+        """
         # the minibatch, by position or (the site contract's name) by keyword; a model that
         # takes no data has a "minibatch" of one
         x = args[0] if args else kwargs.get("x")
         batch_size = 1 if x is None else x.shape[0]
+        if kwargs.get("size") is None and distributed.active():
+            kwargs = {**kwargs, "size": distributed.global_batch_size(batch_size)}
+        with poutine.trace(param_only=True) as param_capture:
+            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
         size = kwargs.get("size") or batch_size
         apply_gradients(self.optim, param_capture.trace, size=size, batch_size=batch_size)
         return loss.item() if hasattr(loss, "item") else float(loss)

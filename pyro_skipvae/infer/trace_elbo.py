@@ -12,8 +12,10 @@ same surrogate, term by term, but keeps the loss a (detached) tensor; the caller
 
 import pyro.infer
 import torch
-from pyro.distributions.util import is_identically_zero
+from pyro.distributions.kl import kl_divergence
+from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
 
 
 class Trace_ELBO(pyro.infer.Trace_ELBO):
@@ -74,4 +76,49 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
         return loss + (surrogate - surrogate.detach())
 
 
-__all__ = ["Trace_ELBO"]
+class TraceMeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
+    """:class:`pyro.infer.TraceMeanField_ELBO` (the same estimator: the KL of each latent
+    site in closed form where :func:`~pyro.distributions.kl.kl_divergence` knows the pair,
+    log p − log q at the guide's draw otherwise) whose ``loss_and_grads`` and
+    ``differentiable_loss`` return tensors and never synchronise with the device, like
+    :class:`Trace_ELBO`. The refinement of semi-amortized inference evaluates it K times
+    per training step (:func:`~pyro_skipvae.infer.refine.refinement_elbo`).
+
+    Every latent site of the guide must be reparameterised (checked by Pyro when validation
+    is on), as for Pyro's.
+    """
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        # Pyro's own method, with torch_item(elbo) replaced by a detached tensor.
+        elbo = 0.0
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                elbo = elbo + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            if is_validation_enabled():
+                check_fully_reparametrized(guide_site)
+            try:
+                kl = kl_divergence(guide_site["fn"], model_site["fn"])
+            except NotImplementedError:
+                entropy = guide_site["score_parts"].entropy_term
+                elbo = elbo + model_site["log_prob_sum"] - entropy.sum()
+                continue
+            kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
+            if torch.is_tensor(kl):
+                elbo = elbo - kl.sum()
+            else:
+                elbo = elbo - kl * torch.Size(guide_site["fn"].batch_shape).numel()
+        for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                elbo = elbo - guide_site["score_parts"].entropy_term.sum()
+        elbo = torch.as_tensor(elbo)
+        return -elbo.detach(), -elbo
+
+    loss_and_grads = Trace_ELBO.loss_and_grads
+    differentiable_loss = Trace_ELBO.differentiable_loss
+
+
+__all__ = ["TraceMeanField_ELBO", "Trace_ELBO"]

@@ -35,9 +35,15 @@ class LSTMDecoder(Decoder):
     * The authors' multi-layer decoder is one ``nn.LSTM``, which cannot take z between
       layers; this is a stack of single-layer LSTMs (identical for one layer), and like theirs
       only the top layer's initial state comes from z.
-    * The padding logit is −∞ (padding is never a target: the likelihood checks that it
-      only ends a sequence), so p(x | z) is a proper distribution over sequences of real
-      tokens; generation also never emits BOS.
+    * The padding and BOS logits are −∞ in every softmax, scored and sampled: neither is
+      ever a target (padding only ends a sequence, which the likelihood checks; BOS is only
+      the first input), so each p(x_t | x_<t, z) puts all its mass on the other tokens,
+      p(x | z) is a proper distribution over sequences of those, and :meth:`generate` samples
+      from the same distribution whose NLL and perplexity are reported. The authors'
+      decoders (``models_text.py``, ``models_text_skip.py``) keep BOS (and padding) in
+      their softmax, which wastes a little mass on tokens that never occur: their
+      perplexities are those of a slightly different distribution (on PTB the difference is
+      about 0.006%, ``benchmarks/results/ptb_lstm.md``).
     * Parameters start uniform in [−``init_scale``, ``init_scale``] as in the authors'
       scripts (0.1); dropout acts on the embeddings and on every layer's output, as theirs
       on the embeddings and the LSTM output; word dropout (Bowman et al. 2016, §3) is an
@@ -133,7 +139,7 @@ class LSTMDecoder(Decoder):
         for p in self.parameters():
             nn.init.uniform_(p, -init_scale, init_scale)
         never = torch.zeros(vocab_size)
-        never[pad_index] = -math.inf
+        never[pad_index] = never[bos_index] = -math.inf
         # Added to the output bias: one operation on V numbers rather than on every logit.
         self.register_buffer("never", never, persistent=False)
 
@@ -194,8 +200,7 @@ class LSTMDecoder(Decoder):
         states = None
         for t in range(max_length):
             logits, states = self._run(self.embedding(token), z_flat, states)
-            logits = logits[:, -1]
-            logits[:, self.bos_index] = -math.inf
+            logits = logits[:, -1]  # BOS and padding are already −∞ (self.never)
             if greedy:
                 step = logits.argmax(-1)
             else:
