@@ -58,7 +58,16 @@ def data(case, mnist, ptb):
     return mnist, mnist.train[:150], mnist.val[:100], fit
 
 
-@pytest.mark.parametrize("case", ["mlp", "pixelcnn", "lstm"])
+# Compilation dominates: with a cold Inductor cache on one loaded core, mlp 20 s, pixelcnn
+# 58 s, lstm 19 s (warm: 3-6 s each); the two autoregressive decoders run with -m slow.
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mlp",
+        pytest.param("pixelcnn", marks=pytest.mark.slow),
+        pytest.param("lstm", marks=pytest.mark.slow),
+    ],
+)
 def test_a_compiled_fit_gives_the_losses_of_an_eager_one(case, mnist, request, tmp_path):
     ptb = request.getfixturevalue("ptb") if case == "lstm" else None
     splits, train, val, options = data(case, mnist, ptb)
@@ -83,10 +92,12 @@ def test_a_compiled_fit_gives_the_losses_of_an_eager_one(case, mnist, request, t
 
 
 def test_compiled_checkpoints_load_into_eager_models(mnist, tmp_path):
-    vae = build("pixelcnn", mnist, compile=True)
-    eager = build("pixelcnn", mnist)
-    for module in ("model", "guide"):  # no "_orig_mod." prefixes: in-place compile
-        assert list(getattr(vae, module).state_dict()) == list(getattr(eager, module).state_dict())
+    for case in ("mlp", "pixelcnn"):  # no "_orig_mod." prefixes: compiled in place
+        vae, eager = build(case, mnist, compile=True), build(case, mnist)
+        for module in ("model", "guide"):  # (pixelcnn: the conv encoder's BatchNorm buffers)
+            keys = list(getattr(vae, module).state_dict())
+            assert keys == list(getattr(eager, module).state_dict())
+    vae = build("mlp", mnist, compile=True)
     vae.fit(
         mnist.train[:100],
         val=mnist.val[:50],
