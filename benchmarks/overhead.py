@@ -32,8 +32,9 @@ own distribution otherwise, and the single-sample Monte-Carlo ELBO (Trace_ELBO's
     OMP_NUM_THREADS=1 python benchmarks/overhead.py [--repeats 15] [--steps 20] [--threads 1]
         [--decoder mlp] [--device cpu|cuda] [--sides ...] [--epoch] [--save]
 
-``--compile`` compiles encoder and decoder with ``torch.compile`` on every side (the first
-steps, excluded from the timing, compile). ``--epoch`` also times one training epoch (all 50,000 images, or ``--epoch-size``; batch 50;
+``--compile [MODE]`` compiles encoder and decoder with ``torch.compile`` on every side, as
+``SkipVAE(compile=MODE)`` does (alone: mode ``default``; ``reduce-overhead`` adds CUDA graphs;
+the first steps, excluded from the timing, compile). ``--epoch`` also times one training epoch (all 50,000 images, or ``--epoch-size``; batch 50;
 validation on 10,000) through ``SkipVAE.fit`` and through the same epoch written in PyTorch
 with the data on the device (Bernoulli likelihood only). ``--save`` appends the JSON result (with machine, commit, date and load
 average) to ``benchmarks/results/overhead.jsonl``. The last line printed is that JSON.
@@ -60,6 +61,7 @@ import torch
 from pyro_skipvae import SkipVAE
 from pyro_skipvae.data import binarize, binarize_for_evaluation, load_dataset
 from pyro_skipvae.infer import ELBOS, SVI, Optimizer
+from pyro_skipvae.infer.compile import COMPILE_MODES
 
 RESULTS = Path(__file__).parent / "results" / "overhead.jsonl"
 SIDES = ("pyro", "torch", "torch-fused", "pyro-unfused", "pyro-syncs", "stock")
@@ -143,7 +145,12 @@ def main():
     parser.add_argument("--epoch-size", type=int, default=None, help="images in that epoch")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile encoder and decoder (every side)"
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=COMPILE_MODES,
+        help="torch.compile encoder and decoder on every side, with this mode (alone: default)",
     )
     parser.add_argument("--save", action="store_true", help=f"append the JSON result to {RESULTS}")
     args = parser.parse_args()
@@ -171,10 +178,8 @@ def main():
             likelihood=args.likelihood,
             seed=0,
             device=args.device,
+            compile=args.compile or False,  # the same compiled networks on the torch side
         )
-        if args.compile:
-            vae.guide.encoder.compile()
-            vae.model.decoder.compile()
         return vae
 
     def pyro_step(kind):

@@ -36,6 +36,7 @@ SEMI_AMORTIZED_MODES = ("end-to-end", "stop-gradient", "kl", "svi")
 REFINE_COORDINATES = ("log-variance", "log-scale")
 OPTIMIZERS = ("adam", "sgd")
 LR_DECAYS = ("none", "plateau")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPONENTS = {
     "decoder": "mlp | pixelcnn | lstm",
     "encoder": "mlp | conv | lstm",
@@ -484,6 +485,16 @@ def cli(verbose):
 @click.option("--seed", type=int, default=0)
 @DEVICE_OPTION
 @click.option(
+    "--compile",
+    "compile_mode",
+    type=click.Choice(COMPILE_MODES),
+    is_flag=False,
+    flag_value="default",
+    default=None,
+    help="torch.compile the encoder and decoder networks (alone: mode default; "
+    "reduce-overhead: also CUDA graphs, CUDA only)  [default: not compiled]",
+)
+@click.option(
     "--out",
     "run_dir",
     type=click.Path(file_okay=False),
@@ -598,6 +609,7 @@ def _fit(ctx, o):
             guide_options=options["guide"],
             device=o["device"],
             seed=o["seed"],
+            compile=o["compile_mode"] or False,
         )
         history = vae.fit(
             splits.train,

@@ -54,6 +54,8 @@ RESUMABLE_CHANGES = {
     ("train", "num_epochs"),
     ("train", "early_stopping_patience"),
     ("run", "device"),
+    # compiled and eager networks compute the same function (float rounding aside)
+    ("model", "compile"),
 }
 SELECTION_METRIC = "val_elbo"
 

@@ -119,6 +119,7 @@ def test_cli_mirrors_agree_with_the_library():
     import pyro_skipvae.cli.main as cli
     from pyro_skipvae.data import BINARIZATIONS, IMAGE_DATASETS
     from pyro_skipvae.infer import OPTIMIZERS, SEMI_AMORTIZED_MODES
+    from pyro_skipvae.infer.compile import COMPILE_MODES
     from pyro_skipvae.infer.optim import LR_DECAYS
     from pyro_skipvae.infer.refine import COORDINATES
 
@@ -128,6 +129,7 @@ def test_cli_mirrors_agree_with_the_library():
     assert cli.REFINE_COORDINATES == COORDINATES
     assert cli.OPTIMIZERS == tuple(OPTIMIZERS.names())
     assert cli.LR_DECAYS == LR_DECAYS
+    assert cli.COMPILE_MODES == COMPILE_MODES
     assert importlib.util.find_spec("pyro_skipvae.cli") is not None
 
 
