@@ -15,6 +15,7 @@ on labelled MNIST. Rows are rewritten after each window with the epochs reached 
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -78,7 +79,9 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="a tiny size, for the CPU test")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
-    cli = [sys.executable, "-m", "pyro_skipvae.cli.main"]
+    # installed, the CLI is pyro_skipvae.cli; from a bare checkout (the GPU machine), cli/
+    installed = importlib.util.find_spec("pyro_skipvae.cli") is not None
+    cli = [sys.executable, "-m", "pyro_skipvae.cli.main" if installed else "cli.main"]
     shared = [*FIT, *(TINY if args.tiny else PAPER), "--device", args.device]
     cells = {name: args.out / "cells" / name for name in CELLS}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +99,12 @@ def main(argv=None):
                 fit += ["--out", str(folder)] + (
                     ["--resume"] if (folder / "config.json").exists() else []
                 )
-                run(fit, timeout=max(1.0, deadline - args.diagnose_s - time.monotonic()), log=log)
+                left = deadline - args.diagnose_s - time.monotonic()
+                if not run(fit, timeout=max(1.0, left), log=log):
+                    break  # the deadline, or a failure (in the log): never retry in a loop
+            else:
+                continue
+            break
         rows = []
         for name, folder in cells.items():
             left = deadline - time.monotonic()
