@@ -101,8 +101,9 @@ class TrainConfig:
     :param int lr_decay_min_epochs: a stall before this epoch does not start the decay (15).
     :param float min_learning_rate: stop once the decayed rate is below this (default 0).
     :param int early_stopping_patience: stop once this many epochs in a row have not improved
-        the validation bound (the selection metric, see :mod:`pyro_skipvae.run`); needs
-        validation data. Default None: train for ``num_epochs``.
+        the validation bound (the selection metric, see :mod:`pyro_skipvae.run`), never
+        before the KL warm-up has ended; needs validation data. Default None: train for
+        ``num_epochs``.
     :param float kl_warmup_epochs: β rises linearly from ``kl_start`` to 1 over this many
         epochs (default 10 from 0.1, as in the papers' scripts; 0 disables warm-up).
     :param float kl_start: β at the start of training (default 0.1).
@@ -478,12 +479,17 @@ class SkipVAE:
                 record["learning_rate"] = optimizer.learning_rate  # the rate this epoch used
                 stop = optimizer.end_epoch(record["epoch"], improved)
             run.save(improved=improved)
-            return stop or run.stalled(cfg.early_stopping_patience)
+            return stop or stalled()
+
+        def stalled():
+            # Not during KL warm-up: the plain bound (β = 1) it selects on may dip while β rises.
+            warmed_up = bool(run.history) and run.history[-1]["epoch"] >= cfg.kl_warmup_epochs
+            return warmed_up and run.stalled(cfg.early_stopping_patience)
 
         self.model.train()
         self.guide.train()
         exhausted = isinstance(optimizer, Optimizer) and optimizer.exhausted
-        if not (exhausted or run.stalled(cfg.early_stopping_patience)):
+        if not (exhausted or stalled()):
             train(
                 inference,
                 train_data,

@@ -297,6 +297,20 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(
     assert [r["selected"] for r in longer][-2:] == [5, 5]
 
 
+def test_early_stopping_waits_for_the_end_of_the_kl_warmup(
+    mnist, tiny_options, tmp_path, monkeypatch
+):
+    """The bound stalls from epoch 2 on, but β rises until epoch 5: patience 1 stops at 5."""
+    from pyro_skipvae.infer import SVI
+
+    scores = iter([-90.0, -95.0, -96.0, -97.0, -98.0, -99.0])
+    monkeypatch.setattr(SVI, "evaluate_metrics", lambda *a, **k: {"elbo": next(scores), "kl": 1.0})
+    _, history = fit(
+        mnist, tiny_options, num_epochs=6, early_stopping_patience=1, kl_warmup_epochs=5
+    )
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
+
+
 def test_early_stopping_needs_validation_data(mnist, tiny_options):
     with pytest.raises(ConfigError, match="early_stopping_patience needs validation data"):
         SkipVAE(mnist.data_shape, **tiny_options).fit(mnist.train, early_stopping_patience=2)
