@@ -8,6 +8,8 @@ epoch's ``train_elbo`` is minus the data set's mean whatever the minibatches."""
 import copy
 import logging
 import math
+import os
+import re
 import time
 
 import numpy as np
@@ -208,7 +210,10 @@ def test_on_epoch_end_sees_each_complete_record_and_may_stop_training(caplog):
     assert len(inference.calls) == 6
     messages = [r.getMessage() for r in caplog.records]
     assert messages[-1] == "training stopped after epoch 2"
-    assert messages[0] == f"epoch 1: {records[0]}"
+    assert re.fullmatch(
+        re.escape(f"epoch 1: {records[0]} (load average ") + r"\d+\.\d\d\)", messages[0]
+    )
+    assert float(messages[0].rsplit(" ", 1)[1][:-1]) == pytest.approx(os.getloadavg()[0], abs=2)
     # a hook returning None (or False) never stops
     _, records = run(num_epochs=3, on_epoch_end=lambda record: None)
     assert len(records) == 3

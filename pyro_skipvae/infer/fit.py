@@ -8,6 +8,7 @@ for the plate) and ``beta`` (KL weight) and returns the loss as a float.
 import logging
 import math
 import numbers
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -140,7 +141,9 @@ def train(
             record["seconds"] = time.perf_counter() - started
             shown = {k: v for k, v in record.items() if k.startswith("val_") and _is_number(v)}
             bar.set_postfix({k: f"{float(v):.2f}" for k, v in shown.items()})
-            logger.info("epoch %d: %s", epoch + 1, record)
+            # A timing means little without the machine's load (threads collapse when cores
+            # are oversubscribed): the log gives the 1-minute load average beside each epoch.
+            logger.info("epoch %d: %s (load average %.2f)", epoch + 1, record, _load_average())
             records.append(record)
             if on_epoch_end is not None and on_epoch_end(record):
                 logger.info("training stopped after epoch %d", epoch + 1)
@@ -148,6 +151,14 @@ def train(
     finally:
         bar.close()
     return records
+
+
+def _load_average() -> float:
+    """The 1-minute load average, or NaN where the platform has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return math.nan
 
 
 def _is_number(value) -> bool:
