@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyro_skipvae.sweep import COLUMNS, cell_results  # noqa: E402
+from pyro_skipvae.sweep import COLUMNS, _read_rows, _write_rows, cell_results  # noqa: E402
 
 PAPER = ["--decoder-option", "num_layers=8", "--decoder-option", "channels=32"]
 PAPER += ["--decoder-option", "kernel_sizes=3", "--encoder-option", "channels=64"]
@@ -128,23 +128,11 @@ def main(argv=None):
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    """Replace this window's cells' rows in the CSV (atomically), keeping any others."""
-    import csv
-    import io
-
-    from pyro_skipvae.checkpoint import atomic_write_text
-
-    kept = []
-    if path.exists():
-        with open(path, newline="") as f:
-            names = {r["cell"] for r in rows}
-            kept = [r for r in csv.DictReader(f) if r["cell"] not in names]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in kept + rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    atomic_write_text(path, buffer.getvalue())
+    """Replace this window's cells' rows in the CSV (atomically, as the sweep writes it),
+    keeping any others."""
+    kept = _read_rows(path)
+    kept.update({row["cell"]: row for row in rows})
+    _write_rows(path, kept, list(kept))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ def run_refinement(vae, config, num_refine_steps=None):
     refined by the run's own :class:`~pyro_skipvae.infer.Refinement` (K, step size, momentum,
     clip, coordinates from ``config.json``), from the encoder's output (from 0 in ``svi``
     mode), in minibatches of the training batch size (the refinement step depends on it),
-    with the run's ELBO estimator. ``num_refine_steps`` overrides K; 0 gives the amortized
+    ascending the plain ELBO with the run's particle settings and the analytic KL where it
+    exists (:func:`~pyro_skipvae.infer.refine.refinement_elbo`), whatever the training
+    objective. ``num_refine_steps`` overrides K; 0 gives the amortized
     guide. Other runs are amortized unless ``num_refine_steps`` > 0 asks for the default
     refinement.
 
