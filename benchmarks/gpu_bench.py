@@ -72,7 +72,31 @@ TINY = ({"num_layers": 2, "channels": 4, "kernel_sizes": 3}, {"channels": 4})
 
 
 # ---------------------------------------------------------------------------- facts
+
+
+def pixelcnn_vae(data_shape, args, compile=False):
+    """The timed model: the paper-size PixelCNN VAE (or the tiny one), latent 20, seed 0."""
+    from pyro_skipvae import SkipVAE
+
+    decoder_options, encoder_options = TINY if args.tiny else PAPER
+    return SkipVAE(
+        data_shape,
+        latent_dim=20,
+        decoder="pixelcnn",
+        encoder="conv",
+        decoder_options=decoder_options,
+        encoder_options=encoder_options,
+        seed=0,
+        device=args.device,
+        compile=compile,
+    )
+
+
 def commit() -> str:
+    """``$SKIPVAE_COMMIT`` if set (a tree copied to another machine may carry a stale .git,
+    as the lent GPU machine's copy did), else git's HEAD, else "unknown"."""
+    if os.environ.get("SKIPVAE_COMMIT"):
+        return os.environ["SKIPVAE_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -85,7 +109,7 @@ def commit() -> str:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("SKIPVAE_COMMIT", "unknown")  # a copied tree may have no .git
+    return "unknown"
 
 
 def facts(args) -> dict:
@@ -219,24 +243,12 @@ def cell(args):
     import pyro
     import torch
 
-    from pyro_skipvae import SkipVAE
     from pyro_skipvae.data import load_dataset
     from pyro_skipvae.infer import ELBOS, SVI, Optimizer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    decoder_options, encoder_options = TINY if args.tiny else PAPER
     splits = load_dataset("binarized-mnist", train_size=20 * 50)
-    vae = SkipVAE(
-        splits.data_shape,
-        latent_dim=20,
-        decoder="pixelcnn",
-        encoder="conv",
-        decoder_options=decoder_options,
-        encoder_options=encoder_options,
-        seed=0,
-        device=args.device,
-        compile=args.worker_compile or False,
-    )
+    vae = pixelcnn_vae(splits.data_shape, args, compile=args.worker_compile or False)
     svi = SVI(
         vae.model, vae.guide, Optimizer(vae.parameters(), clip_norm=5.0), ELBOS.build("trace")
     )
@@ -417,23 +429,12 @@ def iw_nll(args, budget, report, modes=None):
     import pyro
     import torch
 
-    from pyro_skipvae import SkipVAE
     from pyro_skipvae.data import load_dataset
     from pyro_skipvae.diagnostics.nll import importance_sample
     from pyro_skipvae.modes import evaluating
 
-    decoder_options, encoder_options = TINY if args.tiny else PAPER
     test = load_dataset("binarized-mnist").test
-    vae = SkipVAE(
-        test.shape[1:],
-        latent_dim=20,
-        decoder="pixelcnn",
-        encoder="conv",
-        decoder_options=decoder_options,
-        encoder_options=encoder_options,
-        seed=0,
-        device=args.device,
-    )
+    vae = pixelcnn_vae(test.shape[1:], args)
     cuda = vae.device.type == "cuda"
 
     def timed(n):
