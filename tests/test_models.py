@@ -34,8 +34,9 @@ def test_every_decoder_family_is_covered():
 def synthetic_data(likelihood, n=6, decoder="mlp"):
     """Synthetic values inside each likelihood's support (shape tests only)."""
     g = torch.Generator().manual_seed(1)
-    if decoder == "lstm":  # padded sequences of tokens 1..4 (0 pads), lengths 1..5, one full
-        tokens = torch.randint(1, NUM_CATEGORIES, (n, *SEQUENCE_SHAPE), generator=g)
+    if decoder == "lstm":  # padded sequences of tokens 3..4 (0 pads), lengths 1..5, one full
+        # real tokens: neither padding (0) nor BOS (2), which the LSTM decoder never predicts
+        tokens = torch.randint(3, NUM_CATEGORIES, (n, *SEQUENCE_SHAPE), generator=g)
         lengths = torch.randint(1, SEQUENCE_SHAPE[0] + 1, (n,), generator=g)
         lengths[0] = SEQUENCE_SHAPE[0]
         return tokens.masked_fill(torch.arange(SEQUENCE_SHAPE[0]) >= lengths[:, None], 0)

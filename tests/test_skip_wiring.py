@@ -30,8 +30,8 @@ def lstm_cell(x, h, c, lstm):
 def logits_by_hand(decoder, z, x):
     """η_t of :class:`LSTMDecoder`'s docstring: layer 1 reads [E x_{t−1}; z], layer l > 1 reads
     [h^{l−1}_t; z] with skip (h^{l−1}_t without), the softmax layer [h^L_t; z] with skip;
-    the top layer starts from h = A z + a, c = 0, the others from zeros; padding is never
-    predicted."""
+    the top layer starts from h = A z + a, c = 0, the others from zeros; padding and BOS are
+    never predicted."""
     n, length = x.shape
     layers, hidden = len(decoder.lstms), decoder.lstms[0].hidden_size
     h = [torch.zeros(n, hidden) for _ in range(layers)]
@@ -47,7 +47,7 @@ def logits_by_hand(decoder, z, x):
             h[layer], c[layer] = lstm_cell(below, h[layer], c[layer], lstm)
         top = torch.cat([h[-1], z], -1) if decoder.skip else h[-1]
         logits = top @ decoder.output.weight.T + decoder.output.bias
-        logits[:, PAD] = -torch.inf
+        logits[:, [PAD, BOS]] = -torch.inf
         out.append(logits)
         previous = x[:, t]
     return torch.stack(out, 1)
