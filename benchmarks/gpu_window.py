@@ -64,6 +64,21 @@ def run(command, *, timeout, log):
         return False
 
 
+def train_level(cells, fit_command, *, deadline, max_epochs, log) -> None:
+    """Train the cells an epoch each in turn (so the pair stays level) until ``max_epochs``
+    or ``deadline``; a fit that fails or is cut by the deadline ends the training: a
+    failure would only fail again (its error is in the log)."""
+    while True:
+        epoch = min(epochs_done(f) for f in cells.values()) + 1
+        if epoch > max_epochs or deadline <= time.monotonic():
+            return
+        for name, folder in cells.items():
+            if epochs_done(folder) < epoch:
+                command = fit_command(name, folder, epoch)
+                if not run(command, timeout=max(1.0, deadline - time.monotonic()), log=log):
+                    return
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -85,26 +100,23 @@ def main(argv=None):
     shared = [*FIT, *(TINY if args.tiny else PAPER), "--device", args.device]
     cells = {name: args.out / "cells" / name for name in CELLS}
     args.out.mkdir(parents=True, exist_ok=True)
+
+    def fit_command(name, folder, epoch):
+        resume = ["--resume"] if (folder / "config.json").exists() else []
+        return [*cli, "fit", *shared, *CELLS[name], "--num-epochs", str(epoch)] + [
+            "--out",
+            str(folder),
+            *resume,
+        ]
+
     with open(args.out / "log.txt", "a") as log:
-        # an epoch of each cell in turn, so the pair stays level
-        while True:
-            epoch = min(epochs_done(f) for f in cells.values()) + 1
-            left = deadline - args.diagnose_s - time.monotonic()
-            if epoch > args.max_epochs or left <= 0:
-                break
-            for name, folder in cells.items():
-                if epochs_done(folder) >= epoch:
-                    continue
-                fit = [*cli, "fit", *shared, *CELLS[name], "--num-epochs", str(epoch)]
-                fit += ["--out", str(folder)] + (
-                    ["--resume"] if (folder / "config.json").exists() else []
-                )
-                left = deadline - args.diagnose_s - time.monotonic()
-                if not run(fit, timeout=max(1.0, left), log=log):
-                    break  # the deadline, or a failure (in the log): never retry in a loop
-            else:
-                continue
-            break
+        train_level(
+            cells,
+            fit_command,
+            deadline=deadline - args.diagnose_s,
+            max_epochs=args.max_epochs,
+            log=log,
+        )
         rows = []
         for name, folder in cells.items():
             left = deadline - time.monotonic()

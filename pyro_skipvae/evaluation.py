@@ -25,6 +25,7 @@ from .diagnostics.classify import classification_accuracy
 from .diagnostics.elbo import OUTPUT_BUDGET, evaluation_batch_size
 from .diagnostics.latent import Posteriors
 from .diagnostics.report import (
+    accuracy_metrics,
     compare_table,
     diagnose,
     per_datapoint_dataset,
@@ -339,18 +340,13 @@ def labelled_accuracy(
         ).means()
         for name, x in ((split, data), ("training data", train))
     ]
-    metrics = {"accuracy_dataset": dataset, "classifier_num_train": int(train.shape[0])}
     accuracy = classification_accuracy(codes[1], train_labels, codes[0], labels)
-    for name, r in accuracy.items():
-        key = "accuracy" if name == "logistic" else f"accuracy_{name}"
-        metrics.update({key: r["accuracy"], f"{key}_se": r["accuracy_se"]})
-    metrics["estimators"] = {
-        f"accuracy{'' if name == 'logistic' else '_' + name}": (
-            f"{r['classifier']}; fitted on {r['num_train']} {dataset} training points, scored "
-            f"on its {split} split"
-        )
-        for name, r in accuracy.items()
-    }
+    metrics, described = accuracy_metrics(
+        accuracy, fitted_on=f"{dataset} training points, scored on its {split} split"
+    )
+    metrics.update(
+        accuracy_dataset=dataset, classifier_num_train=int(train.shape[0]), estimators=described
+    )
     return metrics
 
 

@@ -261,12 +261,15 @@ class Run:
         record["selected"] = self.best_epoch
         return improved
 
-    def stalled(self, patience: int | None) -> bool:
+    def stalled(self, patience: int | None, *, not_before: float = 0) -> bool:
         """Whether the last ``patience`` epochs all failed to improve on the selected one
-        (early stopping; never with ``patience`` None or before the first epoch)."""
+        (early stopping; never with ``patience`` None, before the first epoch, or before
+        epoch ``not_before``, e.g. the end of KL warm-up, while the plain bound that selects
+        may dip as β rises)."""
         if patience is None or not self.history or self.best_epoch is None:
             return False
-        return self.history[-1]["epoch"] - self.best_epoch >= patience
+        last = self.history[-1]["epoch"]
+        return last >= not_before and last - self.best_epoch >= patience
 
     def save(self, *, improved: bool) -> None:
         """Write ``best.pt`` (if ``improved``), ``checkpoint.pt`` and ``metrics.jsonl``

@@ -472,6 +472,8 @@ class SkipVAE:
                         result[f"ppl{key}"] = math.exp(-result[f"elbo{key}"] / tokens_per_point)
             return result
 
+        patience = cfg.early_stopping_patience
+
         def on_epoch_end(record):
             improved = run.select(record)
             stop = False
@@ -479,17 +481,12 @@ class SkipVAE:
                 record["learning_rate"] = optimizer.learning_rate  # the rate this epoch used
                 stop = optimizer.end_epoch(record["epoch"], improved)
             run.save(improved=improved)
-            return stop or stalled()
-
-        def stalled():
-            # Not during KL warm-up: the plain bound (β = 1) it selects on may dip while β rises.
-            warmed_up = bool(run.history) and run.history[-1]["epoch"] >= cfg.kl_warmup_epochs
-            return warmed_up and run.stalled(cfg.early_stopping_patience)
+            return stop or run.stalled(patience, not_before=cfg.kl_warmup_epochs)
 
         self.model.train()
         self.guide.train()
         exhausted = isinstance(optimizer, Optimizer) and optimizer.exhausted
-        if not (exhausted or stalled()):
+        if not (exhausted or run.stalled(patience, not_before=cfg.kl_warmup_epochs)):
             train(
                 inference,
                 train_data,

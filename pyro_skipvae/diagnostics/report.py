@@ -293,12 +293,9 @@ def diagnose(
                 acc = classification_accuracy(
                     train_codes, train_labels, codes, labels, classifiers=classifiers
                 )
-                for name, r in acc.items():
-                    key = "accuracy" if name == "logistic" else f"accuracy_{name}"
-                    metrics.update({key: r["accuracy"], f"{key}_se": r["accuracy_se"]})
-                    estimators[key] = (
-                        f"{r['classifier']}; fitted on {r['num_train']} training points"
-                    )
+                values, described = accuracy_metrics(acc)
+                metrics.update(values)
+                estimators.update(described)
                 metrics["classifier_num_train"] = int(train_codes.shape[0])
             timings["accuracy"] = time.perf_counter() - tic
     metrics["estimators"] = estimators
@@ -310,6 +307,18 @@ def diagnose(
         "kl_per_dim": kl_dims_mean,
         "posterior_mean_variance": variances,
     }
+
+
+def accuracy_metrics(results: dict, fitted_on: str = "training points") -> tuple[dict, dict]:
+    """The metrics (``accuracy`` for logistic regression, ``accuracy_<name>`` for the others,
+    each with ``_se``) and the estimator descriptions of
+    :func:`~.classify.classification_accuracy`'s ``results``."""
+    values, described = {}, {}
+    for name, r in results.items():
+        key = "accuracy" if name == "logistic" else f"accuracy_{name}"
+        values.update({key: r["accuracy"], f"{key}_se": r["accuracy_se"]})
+        described[key] = f"{r['classifier']}; fitted on {r['num_train']} {fitted_on}"
+    return values, described
 
 
 def _spread(per_point: dict, index: torch.Tensor, n: int) -> dict:
