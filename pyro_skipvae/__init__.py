@@ -25,9 +25,9 @@ _EXPORTS = {
     "OBSERVED_SITE": ".sites",
     "Guide": ".guides",
     "Model": ".models",
-    "ModelConfig": ".skip_vae",
+    "ModelConfig": ".configs",
     "SkipVAE": ".skip_vae",
-    "TrainConfig": ".skip_vae",
+    "TrainConfig": ".configs",
 }
 
 __all__ = sorted(_EXPORTS)

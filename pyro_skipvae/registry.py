@@ -134,8 +134,9 @@ class Registry:
                 )
             return name_or_object
         factory = self.get(name_or_object)
-        valid = self.options(name_or_object, filled=self._filled(factory, len(args), fixed))
-        unknown = sorted(set(options) - set(valid)) if valid is not None else []
+        unknown, valid = self.unknown_options(
+            name_or_object, options, num_args=len(args), fixed=fixed
+        )
         if unknown:
             raise ConfigError(
                 f"unknown option(s) {', '.join(unknown)} for {self.kind} {name_or_object!r}; "
@@ -148,6 +149,28 @@ class Registry:
                 "pyro-skipvae itself and cannot be given as options"
             )
         return factory(*args, **fixed, **options)
+
+    def unknown_options(
+        self, name: str, options: dict[str, Any], *, num_args: int = 0, fixed: Iterable[str] = ()
+    ) -> tuple[list[str], list[str]]:
+        """``(unknown, valid)``: the keys of ``options`` that ``name``'s factory does not take
+        when the library passes ``num_args`` positional arguments and the keywords ``fixed``
+        itself, and the options it does take (anything goes when it takes ``**kwargs``).
+        The one test :meth:`build` and the configs' early checks share."""
+        factory = self.get(name)
+        valid = self.options(name, filled=self._filled(factory, num_args, fixed))
+        if valid is None:
+            return [], []
+        return sorted(set(options) - set(valid)), valid
+
+    def taking(self, option: str, *, num_args: int = 0) -> list[str]:
+        """The registered names whose factories take ``option`` (for error messages)."""
+        return [
+            name
+            for name in self.names()
+            if option
+            in (self.options(name, filled=self._filled(self.get(name), num_args, ())) or ())
+        ]
 
     @staticmethod
     def _filled(factory, num_args, fixed) -> set[str]:

@@ -9,12 +9,12 @@
 >>> history[-1]["val_elbo"]                                              # doctest: +SKIP
 """
 
-import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
-from . import checkpoint
-from .checks import check_positive
-from .data import BINARIZATIONS, binarize, prepare
+from . import checkpoint, configs
+from .configs import component_name as _name
+from .configs import field_defaults as _defaults
+from .configs import plain as _plain
+from .data import binarize, prepare
 from .data.text import bucket_batches, length_order, trim_collate
 from .diagnostics import diagnose, evaluate_elbo
 from .diagnostics.elbo import evaluation_batch_size
@@ -42,9 +44,8 @@ from .infer import (
     kl_schedule,
     train,
 )
-from .infer.compile import check_training, compile_mode, compile_networks
+from .infer.compile import check_training, compile_networks
 from .infer.elbos import PerDatapointBound, is_nonlinear
-from .infer.optim import LR_DECAYS, OPTIMIZERS
 from .models import DECODERS, LIKELIHOODS, PRIORS, Decoder, Likelihood, Model, Prior
 from .modes import evaluating
 from .run import BEST_FILE, CHECKPOINT_FORMAT, Run, load_weights, weights_state
@@ -52,157 +53,22 @@ from .sites import LATENT_SITE, OBSERVED_SITE
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model and guide (``config.json``'s ``"model"``).
-
-    Components are registry names or import paths ``"module:attribute"``; their options are
-    the keyword arguments of the component's factory, stored with their defaults filled in, so
-    a run rebuilds identically.
-    """
-
-    data_shape: tuple[int, ...]
-    latent_dim: int = 32
-    skip: bool = True
-    decoder: str = "mlp"
-    encoder: str = "mlp"
-    prior: str = "normal"
-    likelihood: str = "bernoulli"
-    decoder_options: dict = field(default_factory=dict)
-    encoder_options: dict = field(default_factory=dict)
-    prior_options: dict = field(default_factory=dict)
-    likelihood_options: dict = field(default_factory=dict)
-    guide: str = "normal"
-    guide_options: dict = field(default_factory=dict)
-    compile: bool | str = False
-
-    def __post_init__(self):
-        self.data_shape = tuple(int(d) for d in self.data_shape)
-        self.compile = compile_mode(self.compile)
-        check_positive(latent_dim=self.latent_dim)
-        if not self.data_shape or min(self.data_shape) < 1:
-            raise ConfigError(f"data_shape must be non-empty and positive, found {self.data_shape}")
+#: names that moved to :mod:`pyro_skipvae.configs`; the old path warns (see ``__getattr__``)
+_MOVED = ("ModelConfig", "TrainConfig")
 
 
-@dataclass
-class TrainConfig:
-    """The options of :meth:`SkipVAE.fit` (``config.json``'s ``"train"``), with defaults.
-
-    :param int num_epochs: total epochs (default 10); on resume, the run continues to it.
-    :param int batch_size: minibatch size (default 50, as in the authors' image code).
-    :param str optimizer: ``"adam"`` (default) or ``"sgd"``; it steps on the gradient of the
-        per-datapoint loss (see :mod:`pyro_skipvae.infer.optim`).
-    :param float learning_rate: 1e-3 by default (the authors' images; text: SGD with 1).
-    :param float clip_norm: clip the global norm of the per-datapoint gradient at this value
-        (:func:`torch.nn.utils.clip_grad_norm_`; the authors use 5; default None: no clip).
-    :param str lr_decay: ``"none"`` (default) or ``"plateau"``: halve the learning rate when
-        the validation bound stalls, as the authors' text script does.
-    :param int lr_decay_min_epochs: a stall before this epoch does not start the decay (15).
-    :param float min_learning_rate: stop once the decayed rate is below this (default 0).
-    :param int early_stopping_patience: stop once this many epochs in a row have not improved
-        the validation bound (the selection metric, see :mod:`pyro_skipvae.run`), never
-        before the KL warm-up has ended; needs validation data. Default None: train for
-        ``num_epochs``.
-    :param float kl_warmup_epochs: β rises linearly from ``kl_start`` to 1 over this many
-        epochs (default 10 from 0.1, as in the papers' scripts; 0 disables warm-up).
-    :param float kl_start: β at the start of training (default 0.1).
-    :param float kl_cycle_epochs: if given, repeat the warm-up every this many epochs
-        (cyclical annealing, Fu et al. 2019; see
-        :class:`~pyro_skipvae.infer.annealing.CyclicalAnnealing`); default None: warm up once.
-    :param elbo: a name in :data:`~pyro_skipvae.infer.ELBOS` (``"trace"``, the default;
-        ``"mean-field"``, ``"tracegraph"``, ``"renyi"``, ``"iwae"``, ``"jit"``,
-        ``"free-bits"``), an import path, or a Pyro ELBO instance (a Rényi/IWAE instance is
-        wrapped in :class:`~pyro_skipvae.infer.elbos.PerDatapointBound`).
-    :param int num_particles: samples per datapoint of the ELBO (default 1; vectorised).
-    :param dict elbo_options: further options of a named ELBO (e.g. ``alpha`` of ``"renyi"``).
-    :param inference: ``"svi"`` (default), ``"semi-amortized"`` or an object with ``step``.
-    :param dict inference_options: options of a named inference (e.g. ``mode``,
-        ``num_refine_steps`` of ``"semi-amortized"``).
-    :param str binarize: ``"dynamic"`` (resampled every epoch), ``"threshold"`` or ``"none"``
-        (default); validation data are binarised once, with a fixed seed.
-    :param int seed: seeds the data order, binarisation and Monte-Carlo draws (default 0).
-    :param int eval_batch_size: minibatch size of validation (default 500).
-    """
-
-    num_epochs: int = 10
-    batch_size: int = 50
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    clip_norm: float | None = None
-    lr_decay: str = "none"
-    lr_decay_min_epochs: int = 15
-    min_learning_rate: float = 0.0
-    early_stopping_patience: int | None = None
-    kl_warmup_epochs: float = 10.0
-    kl_start: float = 0.1
-    kl_cycle_epochs: float | None = None
-    elbo: object = "trace"
-    num_particles: int = 1
-    elbo_options: dict = field(default_factory=dict)
-    inference: object = "svi"
-    inference_options: dict = field(default_factory=dict)
-    binarize: str = "none"
-    seed: int = 0
-    eval_batch_size: int = 500
-
-    def __post_init__(self):
-        check_positive(
-            num_epochs=self.num_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            eval_batch_size=self.eval_batch_size,
-            num_particles=self.num_particles,
+def __getattr__(name):
+    """``pyro_skipvae.skip_vae.TrainConfig`` (and ``ModelConfig``): the class from
+    :mod:`pyro_skipvae.configs`, with a :class:`DeprecationWarning` (PEP 562)."""
+    if name in _MOVED:
+        warnings.warn(
+            f"pyro_skipvae.skip_vae.{name} moved to pyro_skipvae.configs.{name} (also "
+            f"importable as pyro_skipvae.{name}); the old path will be removed",
+            DeprecationWarning,
+            stacklevel=2,
         )
-        if self.clip_norm is not None:
-            check_positive(clip_norm=self.clip_norm)
-        if self.early_stopping_patience is not None:
-            check_positive(early_stopping_patience=self.early_stopping_patience)
-        if self.kl_warmup_epochs < 0 or not 0 < self.kl_start <= 1:
-            raise ConfigError(
-                f"expected kl_warmup_epochs >= 0 and 0 < kl_start <= 1, found "
-                f"{self.kl_warmup_epochs} and {self.kl_start}"
-            )
-        kl_schedule(self.kl_warmup_epochs, self.kl_start, self.kl_cycle_epochs)
-        OPTIMIZERS.get(self.optimizer)
-        for name, value, valid in (
-            ("lr_decay", self.lr_decay, LR_DECAYS),
-            ("binarize", self.binarize, BINARIZATIONS),
-        ):
-            if value not in valid:
-                raise ConfigError(f"unknown {name} {value!r}; expected one of: {', '.join(valid)}")
-        self.elbo_options = dict(self.elbo_options or {})
-        self.inference_options = dict(self.inference_options or {})
-
-    @classmethod
-    def from_options(cls, options: dict) -> "TrainConfig":
-        unknown = sorted(set(options) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(
-                f"unknown fit option(s) {', '.join(unknown)}; valid options: "
-                + ", ".join(f.name for f in fields(cls))
-            )
-        return cls(**options)
-
-    def to_json(self) -> dict:
-        values = asdict(self)
-        values["elbo"], values["inference"] = _name(self.elbo), _name(self.inference)
-        return _plain(values)
-
-
-def _defaults(config_class) -> dict:
-    """The JSON form of a config dataclass's field defaults."""
-    return _plain({f.name: f.default for f in fields(config_class) if f.default is not MISSING})
-
-
-def _name(component) -> str:
-    """The registry name of a component, or a marker for a user-supplied object."""
-    return component if isinstance(component, str) else f"custom:{type(component).__name__}"
-
-
-def _plain(obj):
-    """JSON round trip: tuples become lists, so configs compare equal after a reload."""
-    return json.loads(json.dumps(obj))
+        return getattr(configs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _component_options(registry, name, options, filled, hidden_dims=None):
@@ -290,7 +156,7 @@ class SkipVAE:
                 f"hidden_dims sets the MLPs' widths, but neither decoder {_name(decoder)!r} nor "
                 f"encoder {_name(encoder)!r} takes it; use their options instead"
             )
-        self.config = ModelConfig(
+        self.config = configs.ModelConfig(
             data_shape,
             latent_dim,
             bool(skip),
@@ -334,10 +200,10 @@ class SkipVAE:
         self.history: list[dict] = []
 
     @classmethod
-    def from_config(cls, config: dict | ModelConfig, **overrides: Any) -> "SkipVAE":
-        """Rebuild from a :class:`ModelConfig` (or its dict); custom components must be
-        passed again in ``overrides`` (e.g. ``prior=MyPrior(...)``)."""
-        options = asdict(config) if isinstance(config, ModelConfig) else dict(config)
+    def from_config(cls, config: dict | configs.ModelConfig, **overrides: Any) -> "SkipVAE":
+        """Rebuild from a :class:`~pyro_skipvae.configs.ModelConfig` (or its dict); custom
+        components must be passed again in ``overrides`` (e.g. ``prior=MyPrior(...)``)."""
+        options = asdict(config) if isinstance(config, configs.ModelConfig) else dict(config)
         options.update(overrides)
         for key in ("decoder", "encoder", "prior", "likelihood", "guide"):
             if isinstance(options.get(key), str) and options[key].startswith("custom:"):
@@ -381,8 +247,9 @@ class SkipVAE:
         :param dict run_info: extra JSON-able facts stored in ``config.json`` under ``"run"``
             and checked on resume (e.g. the data set name).
         :param bool progress: show a progress bar.
-        :param options: the fields of :class:`TrainConfig` (``num_epochs``, ``batch_size``,
-            ``optimizer``, ``learning_rate``, ``clip_norm``, ``elbo``, ``inference``, ...).
+        :param options: the fields of :class:`~pyro_skipvae.configs.TrainConfig`
+            (``num_epochs``, ``batch_size``, ``optimizer``, ``learning_rate``, ``clip_norm``,
+            ``elbo``, ``inference``, ...), checked by it before any data are touched.
 
         **Data-parallel.** Called in every process of a :mod:`torch.distributed` group (e.g.
         launched by ``torchrun``), the processes train one model together: each steps on its
@@ -401,7 +268,7 @@ class SkipVAE:
         run's refinement minibatches then hold sentences of similar length, as the authors'
         do) and ``val_ppl`` = exp(−Σ ELBO / Σ tokens) is recorded beside ``val_elbo``.
         """
-        cfg = TrainConfig.from_options(options)
+        cfg = configs.TrainConfig.from_options(options)
         if cfg.early_stopping_patience is not None and val is None:
             raise ConfigError(
                 "early_stopping_patience needs validation data (val=...), found val=None"
@@ -450,7 +317,10 @@ class SkipVAE:
             guide=self.guide,
             optimizer=optimizer,
             generator=generator,
-            defaults={"model": _defaults(ModelConfig), "train": _defaults(TrainConfig)},
+            defaults={
+                "model": _defaults(configs.ModelConfig),
+                "train": _defaults(configs.TrainConfig),
+            },
         )
         run.start(resume=resume)
         distributed.broadcast_states(self.model, self.guide)
@@ -508,7 +378,7 @@ class SkipVAE:
         self.history = run.history
         return self.history
 
-    def _inference(self, cfg: TrainConfig):
+    def _inference(self, cfg: configs.TrainConfig):
         """The inference object of a fit: named (built with our optimizer) or the user's own."""
         elbo = cfg.elbo
         if isinstance(elbo, str):

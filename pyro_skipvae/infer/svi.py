@@ -20,15 +20,21 @@ class SVI(pyro.infer.SVI):
     writing fresh ones (most of Pyro's overhead over a hand-written PyTorch step on the MNIST
     MLP, ``benchmarks/overhead.py``). Any Pyro ELBO and any :class:`pyro.optim.PyroOptim` work
     as with stock SVI.
+
+    The keyword arguments are stock SVI's, spelled out rather than taken as ``**kwargs``, so
+    that the registry (:data:`~pyro_skipvae.infer.INFERENCES`) can tell that an option such
+    as ``mode`` belongs to another inference and say so, instead of Pyro raising a
+    ``TypeError`` from deep inside.
     """
 
-    def __init__(self, model, guide, optim, loss, **kwargs):
+    def __init__(self, model, guide, optim, loss, loss_and_grads=None, num_samples=0, num_steps=0):
+        stock = dict(loss_and_grads=loss_and_grads, num_samples=num_samples, num_steps=num_steps)
         if isinstance(optim, Optimizer):
             # pyro.infer.SVI insists on a PyroOptim; ours is applied by apply_gradients.
-            super().__init__(model, guide, pyro.optim.Adam({}), loss, **kwargs)
+            super().__init__(model, guide, pyro.optim.Adam({}), loss, **stock)
             self.optim = optim
         else:
-            super().__init__(model, guide, optim, loss, **kwargs)
+            super().__init__(model, guide, optim, loss, **stock)
 
     def step(self, *args, **kwargs):
         """One optimizer step on the minibatch ``x`` (first argument, or keyword ``x``);
