@@ -179,7 +179,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir, ski
     # train.log: every epoch's record, across the kill, appended to by the resumed process;
     # the console (without -v) shows none of these INFO records.
     log = (killed / "train.log").read_text()
-    assert log.count("INFO pyro_skipvae.cli.main: skipvae fit ") == 2
+    assert log.count("INFO pyro_skipvae.cli.fit: skipvae fit ") == 2
     assert f"resuming {killed} after epoch {done}" in log
     for epoch in range(1, 7):
         assert f"INFO pyro_skipvae.infer.fit: epoch {epoch}: {{'epoch': {epoch}, " in log

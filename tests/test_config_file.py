@@ -80,10 +80,32 @@ def test_a_json_file_works_the_same(tmp_path, data_dir):
     assert config["train"]["elbo_options"] == {"alpha": 0.1}
 
 
-def test_renyi_alpha_needs_the_renyi_elbo():
-    result = fit("--elbo", "iwae", "--renyi-alpha", "0.2")
-    assert result.exit_code == 2
-    assert "--renyi-alpha applies to --elbo renyi, found --elbo iwae" in result.output
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--elbo", "iwae", "--renyi-alpha", "0.2"],
+            "error: elbo_options['alpha']: elbo 'iwae' takes no such option (its options: "
+            "num_particles); 'alpha' is an option of elbo 'renyi'",
+        ),
+        (
+            ["--sa-mode", "kl", "--refine-lr", "2"],
+            "error: inference_options['mode'], inference_options['refine_lr']: inference 'svi' "
+            "takes no such option",
+        ),
+        (
+            ["--inference", "svi", "--num-refine-steps", "5"],
+            "'num_refine_steps' is an option of inference 'semi-amortized'",
+        ),
+    ],
+)
+def test_option_combinations_are_the_librarys_usage_errors_before_any_data_are_read(args, message):
+    """The library (TrainConfig) refuses these, in its own words, the same for Python users
+    (tests/test_configs.py); the command asks it before loading data, so a missing data
+    folder is not what the user hears about."""
+    result = fit("--data-dir", "/nonexistent", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.splitlines()) == 1
 
 
 @pytest.mark.parametrize(

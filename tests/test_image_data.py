@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from scipy.io import savemat
 
 from pyro_skipvae.cli import main as cli_main
+from pyro_skipvae.cli import options as cli_options
 from pyro_skipvae.data import (
     DEFAULT_BINARIZATION,
     IMAGE_DATASETS,
@@ -22,7 +23,7 @@ from pyro_skipvae.errors import DataError
 
 
 def test_cli_mirrors_the_library_data_sets():
-    assert cli_main.IMAGE_DATASETS == IMAGE_DATASETS
+    assert cli_options.IMAGE_DATASETS == IMAGE_DATASETS
     assert set(DEFAULT_BINARIZATION) == set(IMAGE_DATASETS)
     assert default_binarization("binarized-mnist") == "none"
     assert default_binarization("omniglot") == default_binarization("mnist") == "dynamic"

@@ -116,7 +116,7 @@ def test_download_offline_names_the_files_and_where_to_put_them(tmp_path, monkey
 
 
 def test_cli_mirrors_agree_with_the_library():
-    import pyro_skipvae.cli.main as cli
+    import pyro_skipvae.cli.options as cli
     from pyro_skipvae.data import BINARIZATIONS, IMAGE_DATASETS
     from pyro_skipvae.infer import OPTIMIZERS, SEMI_AMORTIZED_MODES
     from pyro_skipvae.infer.compile import COMPILE_MODES

@@ -159,7 +159,7 @@ def test_cli_fit_resume_and_diagnose_with_a_plugin_from_the_current_directory(
 
 
 def test_the_cli_help_lists_every_built_in_component():
-    import pyro_skipvae.cli.main as cli_main
+    import pyro_skipvae.cli.options as cli_options
     from pyro_skipvae.guides import ENCODERS, GUIDES
     from pyro_skipvae.infer import ELBOS, INFERENCES
     from pyro_skipvae.models import DECODERS, LIKELIHOODS
@@ -176,4 +176,4 @@ def test_the_cli_help_lists_every_built_in_component():
     for kind, registry in registries.items():
         # built-ins only (tests and examples register their own), less the refused one
         built_in = {n for n in registry if registry.get(n).__module__.startswith("pyro_skipvae")}
-        assert set(cli_main.COMPONENTS[kind].split(" | ")) == built_in - {"jit-mean-field"}, kind
+        assert set(cli_options.COMPONENTS[kind].split(" | ")) == built_in - {"jit-mean-field"}, kind

@@ -162,8 +162,9 @@ def test_the_sdist_holds_sources_tests_docs_and_release_files(dist):
         "benchmarks/results/mutation.md",
     ):
         assert name in names, name
-    # every test module, and nothing of a checkout's working state
+    # every test module and command-line module, and nothing of a checkout's working state
     assert {f"tests/{p.name}" for p in (ROOT / "tests").glob("*.py")} <= names
+    assert {f"cli/{p.name}" for p in (ROOT / "cli").glob("*.py")} <= names
     assert not [
         n for n in names if re.search(r"(^|/)(\.venv|\.git|__pycache__|_build)(/|$)|\.pt$", n)
     ]
