@@ -36,7 +36,8 @@ COMPONENTS = {
     "elbo": "trace | mean-field | tracegraph | renyi | iwae | jit | free-bits",
     "inference": "svi | semi-amortized",
 }
-#: how the defaults of the components text data sets imply read in --help
+#: how the defaults of the components text data sets imply read in --help (the rule itself:
+#: pyro_skipvae.configs.resolve_components)
 TEXT_DEFAULT = "  [default: {} for text data sets, else {}]"
 PLUGIN = " | module:attribute"
 

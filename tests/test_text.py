@@ -468,11 +468,11 @@ def test_yahoo_without_its_training_file_exits_1_naming_it(data_dir):
 
 
 def test_cli_mirrors_the_library():
-    from pyro_skipvae.cli import main
+    from pyro_skipvae.cli import options
     from pyro_skipvae.data import IMAGE_DATASETS, TEXT_DATASETS
 
-    assert set(main.IMAGE_DATASETS) == set(IMAGE_DATASETS)
-    assert set(main.TEXT_DATASETS) == set(TEXT_DATASETS)
+    assert set(options.IMAGE_DATASETS) == set(IMAGE_DATASETS)
+    assert set(options.TEXT_DATASETS) == set(TEXT_DATASETS)
 
 
 def test_per_token_standard_error_matches_the_spread_of_redrawn_sets():
