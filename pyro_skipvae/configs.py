@@ -33,6 +33,8 @@ from .infer.optim import LR_DECAYS, OPTIMIZERS
 COMPONENT_KINDS = ("decoder", "encoder", "prior", "likelihood")
 #: arguments the library passes to an inference factory itself: (model, guide, optim, loss)
 INFERENCE_ARGUMENTS = 4
+#: the prefix of config.json's name for a component passed as an object ("custom:MyELBO")
+CUSTOM = "custom:"
 
 
 @dataclass
@@ -195,7 +197,9 @@ def check_component_options(registry, component, options: dict, *, num_args: int
         factory does not take.
     """
     label = f"{registry.kind}_options"
-    if not isinstance(component, str):
+    # "custom:ClassName" is config.json's record of a user's object (component_name): a
+    # config read back from a run folder holds it, and there is no factory to ask.
+    if not isinstance(component, str) or component.startswith(CUSTOM):
         if options:
             raise ConfigError(
                 f"{label} {sorted(options)} apply to a {registry.kind} chosen by name; "
@@ -267,7 +271,7 @@ def field_defaults(config_class) -> dict:
 
 def component_name(component) -> str:
     """The registry name of a component, or a marker for a user-supplied object."""
-    return component if isinstance(component, str) else f"custom:{type(component).__name__}"
+    return component if isinstance(component, str) else f"{CUSTOM}{type(component).__name__}"
 
 
 def plain(obj):

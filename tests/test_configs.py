@@ -87,6 +87,14 @@ def test_every_inference_refuses_an_unknown_option(name):
         TrainConfig(inference=name, inference_options={"width": 3})
 
 
+def test_a_config_read_back_with_a_custom_component_is_accepted():
+    """config.json records a user's ELBO object as "custom:ClassName"; reading the "train"
+    section back into a TrainConfig must not try to import a module named "custom"."""
+    saved = TrainConfig(elbo=RenyiELBO(alpha=0.5), num_particles=2).to_json()
+    assert saved["elbo"] == "custom:RenyiELBO"
+    assert TrainConfig(**saved).elbo == "custom:RenyiELBO"
+
+
 def test_options_with_an_elbo_object_are_refused():
     with pytest.raises(ConfigError, match=r"elbo_options \['alpha'\] apply to a elbo chosen by"):
         TrainConfig(elbo=RenyiELBO(alpha=0.5), elbo_options={"alpha": 0.2})
