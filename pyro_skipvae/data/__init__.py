@@ -135,61 +135,13 @@ def load_dataset(
             f"not to {dataset!r}"
         )
     if dataset in TEXT_DATASETS:
-        folder, stem = TEXT_DATASETS[dataset]
-        # The dictionary or validation file locates the folder, so that a missing training
-        # file is reported by name rather than as a missing folder.
-        root = resolve_data_dir(data_dir, expected=f"{folder}/{stem}.valid.txt*")
-        train, val, test, vocabulary = load_text_splits(dataset, root, max_length=max_length)
-        splits = DataSplits(dataset, train, val, test, vocabulary=vocabulary)
+        splits = _text(dataset, data_dir, max_length)
     elif dataset in TORCHVISION_FOLDERS:
-        folder = TORCHVISION_FOLDERS[dataset]
-        expected = f"{folder}/raw/*-ubyte.gz"
-        try:
-            root = resolve_data_dir(data_dir, expected=expected)
-        except DataError:
-            if not download:
-                raise
-            explicit = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
-            root = download_images(folder, explicit)
-        images, labels = load_images(folder, root, train=True)
-        test, test_labels = load_images(folder, root, train=False)
-        cut = images.shape[0] - NUM_VALIDATION
-        splits = DataSplits(
-            dataset, images[:cut], images[cut:], test, labels[:cut], labels[cut:], test_labels
-        )
+        splits = _torchvision_images(dataset, data_dir, download)
     elif dataset in _MATLAB_FILES:
-        expected, hint = _MATLAB_FILES[dataset]
-        try:
-            root = resolve_data_dir(data_dir, expected=expected)
-        except DataError as e:
-            raise DataError(f"{dataset}: {e}; {hint}") from None
-        if dataset == "binarized-mnist":
-            splits = DataSplits(dataset, *load_binarized_mnist(root))
-        else:
-            splits = DataSplits(dataset, **load_omniglot(root))
+        splits = _matlab_images(dataset, data_dir)
     elif Path(dataset).suffix in (".pt", ".npy"):
-        content = load_tensor_file(dataset)
-        train = content["train"]
-        labels = content.get("train_labels")
-        if "val" in content:
-            val, val_labels = content["val"], content.get("val_labels")
-        else:
-            cut = train.shape[0] - max(1, train.shape[0] // 10)
-            if cut < 1:
-                raise DataError(
-                    f"{dataset}: need at least 2 training examples to hold one out, found {train.shape[0]}"
-                )
-            val, val_labels = train[cut:], None if labels is None else labels[cut:]
-            train, labels = train[:cut], None if labels is None else labels[:cut]
-        splits = DataSplits(
-            Path(dataset).name,
-            train,
-            val,
-            content.get("test"),
-            labels,
-            val_labels,
-            content.get("test_labels"),
-        )
+        splits = _tensor_file(dataset)
     else:
         raise ConfigError(
             f"unknown dataset {dataset!r}; expected one of "
@@ -204,6 +156,60 @@ def load_dataset(
         splits.val = splits.val[:val_size]
         splits.val_labels = None if splits.val_labels is None else splits.val_labels[:val_size]
     return splits
+
+
+def _text(dataset, data_dir, max_length) -> DataSplits:
+    folder, stem = TEXT_DATASETS[dataset]
+    # The dictionary or validation file locates the folder, so that a missing training file
+    # is reported by name rather than as a missing folder.
+    root = resolve_data_dir(data_dir, expected=f"{folder}/{stem}.valid.txt*")
+    train, val, test, vocabulary = load_text_splits(dataset, root, max_length=max_length)
+    return DataSplits(dataset, train, val, test, vocabulary=vocabulary)
+
+
+def _torchvision_images(dataset, data_dir, download) -> DataSplits:
+    folder = TORCHVISION_FOLDERS[dataset]
+    try:
+        root = resolve_data_dir(data_dir, expected=f"{folder}/raw/*-ubyte.gz")
+    except DataError:
+        if not download:
+            raise
+        explicit = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+        root = download_images(folder, explicit)
+    images, labels = load_images(folder, root, train=True)
+    test, test_labels = load_images(folder, root, train=False)
+    cut = images.shape[0] - NUM_VALIDATION
+    return DataSplits(
+        dataset, images[:cut], images[cut:], test, labels[:cut], labels[cut:], test_labels
+    )
+
+
+def _matlab_images(dataset, data_dir) -> DataSplits:
+    expected, hint = _MATLAB_FILES[dataset]
+    try:
+        root = resolve_data_dir(data_dir, expected=expected)
+    except DataError as e:
+        raise DataError(f"{dataset}: {e}; {hint}") from None
+    if dataset == "binarized-mnist":
+        return DataSplits(dataset, *load_binarized_mnist(root))
+    return DataSplits(dataset, **load_omniglot(root))
+
+
+def _tensor_file(path) -> DataSplits:
+    content = load_tensor_file(path)
+    train, labels = content["train"], content.get("train_labels")
+    if "val" in content:
+        val, val_labels = content["val"], content.get("val_labels")
+    else:  # hold out the last 10% of the training examples
+        cut = train.shape[0] - max(1, train.shape[0] // 10)
+        if cut < 1:
+            raise DataError(
+                f"{path}: need at least 2 training examples to hold one out, found {train.shape[0]}"
+            )
+        val, val_labels = train[cut:], None if labels is None else labels[cut:]
+        train, labels = train[:cut], None if labels is None else labels[:cut]
+    test, test_labels = content.get("test"), content.get("test_labels")
+    return DataSplits(Path(path).name, train, val, test, labels, val_labels, test_labels)
 
 
 def default_binarization(dataset: str) -> str:

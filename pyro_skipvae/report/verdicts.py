@@ -86,6 +86,18 @@ def collapse_verdict(metrics: dict) -> dict:
         level, label = "none", "No collapse"
         summary = f"All {dims} latent dimensions are active (KL {nats(kl)} nats)."
 
+    return {
+        "level": level,
+        "label": label,
+        "summary": summary,
+        "notes": _collapse_notes(metrics),
+        "thresholds": thresholds,
+    }
+
+
+def _collapse_notes(metrics: dict) -> list[str]:
+    """The MI reading, the KL split, the label accuracies and failed checks, in words."""
+    kl = metrics["kl"]
     notes = []
     mi, log_n = metrics.get("mi"), metrics.get("log_n")
     if mi is not None and log_n:
@@ -121,13 +133,7 @@ def collapse_verdict(metrics: dict) -> dict:
             + ", ".join(failed)
             + "; treat these numbers with suspicion."
         )
-    return {
-        "level": level,
-        "label": label,
-        "summary": summary,
-        "notes": notes,
-        "thresholds": thresholds,
-    }
+    return notes
 
 
 def _kl_of_active(metrics):
