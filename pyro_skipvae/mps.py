@@ -6,22 +6,28 @@ the Multi-Process Service, the processes are clients of one MPS server that hold
 context, so small kernels of several processes (a batch-50 PixelCNN step launches hundreds
 of them, each far too small to fill an H200) run side by side on the GPU.
 
-What this module relies on is NVIDIA's documented interface (the ``nvidia-cuda-mps-control``
-manual page, and "Multi-Process Service", NVIDIA's MPS guide, section "Environment Variables"
-(``CUDA_MPS_PIPE_DIRECTORY``, ``CUDA_MPS_LOG_DIRECTORY``),
-https://docs.nvidia.com/deploy/mps/ ):
+What this module relies on is NVIDIA's documented interface: the manual page of
+``nvidia-cuda-mps-control`` (e.g. https://man.archlinux.org/man/nvidia-cuda-mps-control.1.en)
+and the MPS guide's "Environment Variables" section
+(https://docs.nvidia.com/deploy/topics/topic_5_2_2.html, part of
+https://docs.nvidia.com/deploy/mps/):
 
 - ``nvidia-cuda-mps-control -d`` starts the control daemon in the background. A CUDA program
   whose driver finds the daemon when CUDA is first initialised asks it for an MPS server and
   runs as its client; if it finds none, it runs as it would without MPS.
 - The daemon, its server and its clients meet through named pipes and sockets in
   ``CUDA_MPS_PIPE_DIRECTORY`` (default ``/tmp/nvidia-mps``), which must be the same for all
-  of them; the daemon writes its logs to ``CUDA_MPS_LOG_DIRECTORY`` (default
-  ``/var/log/nvidia-mps``). The guide recommends a local folder such as ``/tmp`` and, for a
-  per-user daemon, a folder that no other user shares.
+  of them; ``CUDA_MPS_LOG_DIRECTORY`` is where the daemon writes its logs. The guide
+  recommends a local folder such as ``/tmp`` and, for a per-user daemon, a folder that no
+  other user shares.
 - ``nvidia-cuda-mps-control`` without ``-d`` is the control client: it reads commands on
-  stdin. ``get_server_list`` answers only when a daemon listens on the pipe directory;
+  stdin. ``get_server_list`` answers only when a daemon listens on the pipe folder;
   ``quit`` shuts the daemon and its servers down.
+
+Not from the documentation but from what daemons are seen to do: the daemon leaves its
+process id in ``<pipe folder>/nvidia-cuda-mps-control.pid``. It is used only to wait for the
+daemon after ``quit`` (and to end it if it outlives the wait, after checking that the process
+is still an ``nvidia-cuda-mps-control``); without the file, ``quit`` alone is trusted.
 
 :func:`daemon` therefore starts a *private* daemon: both folders are fresh temporary
 folders (mode 0700, from :func:`tempfile.mkdtemp`), so it can neither join nor disturb a
@@ -127,14 +133,19 @@ def daemon(
         with tempfile.TemporaryFile("w+") as output:
             # Output to a file, not a pipe: the daemon keeps running after `-d` returns and
             # would hold a pipe open.
-            done = subprocess.run(
-                [binary, "-d"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-            )
+            try:
+                done = subprocess.run(
+                    [binary, "-d"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                # a timed-out start may have left a daemon behind: `quit` it on the way out
+                started = isinstance(e, subprocess.TimeoutExpired)
+                raise MPSError(f"CUDA MPS: expected `{binary} -d` to start, found {e}") from e
             output.seek(0)
             said = output.read().strip()
         if done.returncode != 0:
@@ -160,13 +171,17 @@ def daemon(
 def _wait_until_answering(binary, env, timeout):
     deadline = time.monotonic() + timeout
     while True:
-        answer = _control(binary, env, "get_server_list", timeout)
-        if answer.returncode == 0:
-            return
+        try:
+            answer = _control(binary, env, "get_server_list", timeout)
+            said = (answer.stdout + answer.stderr).strip()[-500:]
+            if answer.returncode == 0:
+                return
+        except subprocess.TimeoutExpired:
+            said = f"`get_server_list` did not return within {timeout:g} s"
         if time.monotonic() > deadline:
             raise MPSError(
                 f"CUDA MPS: expected the daemon to answer within {timeout:g} s, found "
-                f"{(answer.stdout + answer.stderr).strip()[-500:] or 'no answer'}"
+                f"{said or 'no answer'}"
             )
         time.sleep(0.05)
 

@@ -26,6 +26,10 @@ FAKE_CONTROL = r"""#!/bin/bash
 record="$FAKE_MPS_RECORD"
 pidfile="$CUDA_MPS_PIPE_DIRECTORY/nvidia-cuda-mps-control.pid"
 if [ "$1" = "-d" ]; then
+  if [ -n "$FAKE_MPS_HANG" ]; then
+    echo "start-hung pipe=$CUDA_MPS_PIPE_DIRECTORY" >> "$record"
+    exec sleep 3
+  fi
   if [ -n "$FAKE_MPS_FAIL" ]; then
     echo "start-failed pipe=$CUDA_MPS_PIPE_DIRECTORY" >> "$record"
     echo "fake: cannot start the daemon"
@@ -135,6 +139,16 @@ def test_a_daemon_that_fails_to_start_is_a_clear_error(fake, monkeypatch):
             pytest.fail("the block must not run")
     (failed,) = calls(fake)  # and no `quit` for a daemon that never started
     assert failed["command"] == "start-failed" and not os.path.exists(failed["pipe"])
+
+
+def test_a_daemon_that_hangs_on_start_is_a_clear_error(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_MPS_HANG", "1")
+    with pytest.raises(MPSError, match="expected `.*nvidia-cuda-mps-control -d` to start"):
+        with mps.daemon(timeout=0.5):
+            pytest.fail("the block must not run")
+    hung, *rest = calls(fake)  # whatever it left behind is told to quit, and its folder goes
+    assert hung["command"] == "start-hung" and not os.path.exists(hung["pipe"])
+    assert [c["command"] for c in rest] == ["quit"] and rest[0]["pipe"] == hung["pipe"]
 
 
 def test_on_requires_the_control_program(monkeypatch, tmp_path):
