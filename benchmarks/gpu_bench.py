@@ -3,6 +3,7 @@ them to ``--out``.
 
     PYTHONPATH=. python3 benchmarks/gpu_bench.py [--device cuda] [--budget-s 240]
         [--out benchmarks/results/gpu_bench.jsonl] [--parts mlp,pixelcnn,cells,iw-nll]
+        [--mps auto|on|off]
     python3 benchmarks/gpu_bench.py --device cpu --tiny      # the tiny CPU run of the tests
 
 Parts (each line has ``"part"``; every line also records the device name, torch and Pyro
@@ -26,7 +27,17 @@ budget too small for compilation still yields every eager figure:
     the steps it finishes in ``--seconds`` seconds. Aggregate steps/s is their sum over the
     window; epochs per minute take an epoch as 50,000 / 50 = 1,000 steps (validation
     excluded); ``scaling`` is aggregate(N) / aggregate(1), to compare with the 0.7·N goal.
-    Eager, then (budget allowing) with ``--cells-compile``.
+    Eager without MPS; then eager under CUDA MPS (``--mps``, below); then (budget allowing)
+    with ``--cells-compile``. Every cells line says ``"mps"``: true or false.
+``cells`` under CUDA MPS (``--mps auto``, the default, or ``on``)
+    The same 1, 2, 4 cells as clients of one private MPS control daemon
+    (:func:`pyro_skipvae.mps.daemon`, started once for the series and stopped after it), as
+    ``skipvae sweep`` runs CUDA cells side by side. ``scaling`` is against one cell *without*
+    MPS when that was measured (``scaling_reference`` says which). Measured right after the
+    eager series; with ``auto`` it is skipped, with a line giving the reason, where MPS
+    cannot run (a CPU device, no ``nvidia-cuda-mps-control`` on ``PATH``, or a daemon
+    already reachable, which the series without MPS would have joined too); with ``on`` that
+    line is an error; ``off`` measures only the series without MPS.
 ``iw-nll``
     The time of the importance-weighted NLL with K = 500 (the library's
     :func:`~pyro_skipvae.diagnostics.nll.importance_sample`, as ``skipvae diagnose`` runs it)
@@ -182,6 +193,20 @@ def child_env():
     return env
 
 
+def mps_unavailable(args) -> str | None:
+    """Why the series under CUDA MPS cannot be measured here, or ``None``."""
+    from pyro_skipvae import mps
+
+    if args.device != "cuda":
+        return f"MPS: the device is {args.device}; MPS is a CUDA service"
+    if not mps.available():
+        return f"MPS: {mps.CONTROL} is not on PATH"
+    already = mps.running_daemon()
+    if already:
+        return f"MPS: {already}, so the series without MPS would not be without it"
+    return None
+
+
 # ---------------------------------------------------------------------------- mlp
 def mlp(args, budget, report, modes):
     """overhead.py in a child process, for each mode (None: eager)."""
@@ -286,9 +311,10 @@ def cell(args):
     )
 
 
-def run_cells(args, budget, n, mode):
-    """Start ``n`` cells, release them together once all are warm, return their results
-    (or raise TimeoutError / RuntimeError)."""
+def run_cells(args, budget, n, mode, extra_env=None):
+    """Start ``n`` cells (``extra_env`` added to their environment: the MPS variables),
+    release them together once all are warm, return their results (or raise TimeoutError /
+    RuntimeError)."""
     with tempfile.TemporaryDirectory() as folder:
         go = os.path.join(folder, "go")
         command = [
@@ -310,7 +336,11 @@ def run_cells(args, budget, n, mode):
         # stderr to files: a pipe nobody reads fills up with compiler warnings and blocks
         workers = [
             subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=log, text=True, env=child_env()
+                command,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**child_env(), **(extra_env or {})},
             )
             for log in logs
         ]
@@ -386,37 +416,81 @@ def pixelcnn(args, budget, report, modes):
         )
 
 
-def cells(args, budget, report, modes):
-    """Aggregate throughput of N cells side by side, for each mode (None: eager)."""
+def cells(args, budget, report, modes, mps_env=None):
+    """Aggregate throughput of N cells side by side, for each mode (None: eager); under the
+    MPS daemon of ``mps_env`` if given."""
+    from pyro_skipvae.mps import running_daemon
+
+    mps = mps_env is not None
+    # without MPS of our own, a daemon the user runs would still be joined: say so
+    note = None if mps else running_daemon()
     for mode in modes:
         single = None
+        # the issue's reference is one cell alone without MPS; under MPS, once that is known
+        reference = getattr(args, "single_rate", {}).get(mode) if mps else None
         for n in args.cells:
             estimate = cell_estimate(args, mode) + 2 * n  # the cells start side by side
             if not budget.fits(estimate):
-                report.skip("cells", budget, estimate, cells=n, compile=mode)
+                report.skip("cells", budget, estimate, cells=n, compile=mode, mps=mps)
                 continue
             try:
-                results = run_cells(args, budget, n, mode)
+                results = run_cells(args, budget, n, mode, mps_env)
             except (TimeoutError, RuntimeError) as e:
-                report.emit("cells", cells=n, compile=mode, error=str(e))
+                report.emit("cells", cells=n, compile=mode, mps=mps, error=str(e))
                 continue
             window = max(r["stop"] for r in results) - min(r["start"] for r in results)
             steps = sum(r["steps"] for r in results)
             rate = steps / window
             single = rate if n == 1 else single
+            if n == 1 and not mps:
+                args.single_rate = {**getattr(args, "single_rate", {}), mode: rate}
+            base = reference or single
             report.emit(
                 "cells",
                 cells=n,
                 compile=mode,
+                mps=mps,
+                **({"mps_note": note + ": the cells may have joined it"} if note else {}),
                 steps_per_second=round(rate, 2),
                 epochs_per_minute=round(60 * rate / STEPS_PER_EPOCH, 3),
-                scaling=None if single is None else round(rate / single, 3),
+                scaling=None if base is None else round(rate / base, 3),
+                scaling_reference=None
+                if base is None
+                else "1 cell without MPS"
+                if reference or not mps
+                else "1 cell with MPS",
                 goal=round(0.7 * n, 2),
                 ms_per_step_each=[
                     round(1e3 * (r["stop"] - r["start"]) / r["steps"], 2) for r in results
                 ],
                 window_s=round(window, 2),
             )
+
+
+def cells_mps(args, budget, report, modes):
+    """The cells series again, as clients of one private CUDA MPS daemon (``--mps``)."""
+    from pyro_skipvae import mps
+    from pyro_skipvae.errors import MPSError
+
+    if args.mps == "off":
+        return
+    reason = mps_unavailable(args)
+    if reason is not None:
+        if args.mps == "on":
+            report.emit("cells", mps=True, error=reason)
+        else:
+            report.emit("cells", mps=True, skipped=reason)
+        return
+    # the daemon's start and stop: a few seconds, on top of the series' first cell
+    estimate = cell_estimate(args, None) + 5
+    if not budget.fits(estimate):
+        report.skip("cells", budget, estimate, mps=True)
+        return
+    try:
+        with mps.daemon(timeout=min(30.0, max(budget.left(), 1))) as mps_env:
+            cells(args, budget, report, modes, mps_env=mps_env)
+    except MPSError as e:
+        report.emit("cells", mps=True, error=str(e))
 
 
 # ---------------------------------------------------------------------------- iw-nll
@@ -493,6 +567,13 @@ def parse(argv=None):
         "[default: reduce-overhead on cuda, else none]",
     )
     parser.add_argument("--cells", default=None, help="cells side by side [default: 1,2,4]")
+    parser.add_argument(
+        "--mps",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="the cells series under CUDA MPS too: auto (where MPS can run), on (an error "
+        "line where it cannot), off [default: auto]",
+    )
     parser.add_argument("--seconds", type=float, default=None, help="timing window per cell")
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--iw-images", type=int, default=None, help="at most this many")
@@ -542,6 +623,7 @@ def main(argv=None):
         parts=args.parts,
         compile_modes=args.compile_modes,
         cells=args.cells,
+        mps=args.mps,
         command="python3 benchmarks/gpu_bench.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
     )
@@ -553,6 +635,7 @@ def main(argv=None):
         ("mlp", mlp, [None]),
         ("pixelcnn", pixelcnn, [None]),
         ("cells", cells, [None]),
+        ("cells", cells_mps, [None]),
         ("iw-nll", iw_nll, None),
         ("pixelcnn", pixelcnn, compiled),
         ("mlp", mlp, compiled),

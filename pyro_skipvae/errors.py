@@ -23,3 +23,7 @@ class CheckpointError(SkipVAEError):
 
 class NonFiniteLossError(SkipVAEError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left untouched."""
+
+
+class MPSError(SkipVAEError, RuntimeError):
+    """CUDA MPS was asked for and its control daemon could not be found, started or reached."""

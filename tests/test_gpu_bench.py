@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from test_mps import calls, fake  # noqa: F401  (the fake MPS control program's fixture)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,22 +27,26 @@ def test_gpu_bench_runs_tiny_on_the_cpu(data_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [json.loads(line) for line in out.read_text().splitlines()] == printed
-    rows = {(r["part"], r["cells"] if r["part"] == "cells" else None): r for r in printed}
+    rows = {(r["part"], r.get("cells") if r["part"] == "cells" else None): r for r in printed}
     assert set(rows) == {
         ("start", None),
         ("mlp", None),
         ("pixelcnn", None),
         ("cells", 1),
         ("cells", 2),
+        ("cells", None),  # the series under CUDA MPS, skipped on the CPU
         ("iw-nll", None),
         ("end", None),
     }
-    for row in printed:
+    mps = rows.pop(("cells", None))
+    assert mps["mps"] is True and mps["skipped"] == "MPS: the device is cpu; MPS is a CUDA service"
+    for row in rows.values():
         assert "error" not in row and "skipped" not in row, row
         assert {"device", "torch", "pyro", "commit", "load_average", "time"} <= set(row)
     assert rows[("mlp", None)]["ratio"] > 0 and rows[("mlp", None)]["baseline"].startswith("torch")
     assert rows[("pixelcnn", None)]["ms_per_step"] > 0
     assert rows[("cells", 2)]["steps_per_second"] > 0 and rows[("cells", 1)]["scaling"] == 1.0
+    assert rows[("cells", 1)]["mps"] is False and rows[("cells", 2)]["mps"] is False
     iw = rows[("iw-nll", None)]
     assert iw["num_samples"] == 500 and iw["scaled"] and iw["images"] < 10_000
 
@@ -59,3 +66,43 @@ def test_gpu_bench_skips_what_does_not_fit_in_the_budget(data_dir, tmp_path):
     measured = [r for r in rows if r["part"] not in ("start", "end")]
     assert measured and all("skipped" in r for r in measured)
     assert rows[-1]["part"] == "end" and rows[-1]["seconds"] < 10
+
+
+@pytest.mark.usefixtures("fake")
+def test_the_mps_series_runs_under_one_private_daemon(data_dir, tmp_path, monkeypatch):
+    # The CPU stands in for the GPU and a fake control program for NVIDIA's (test_mps.py):
+    # what is checked is the plumbing, one daemon for the series, its variables in every
+    # cell's environment, the lines it writes; not a speed.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("SKIPVAE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(bench, "mps_unavailable", lambda args: None)
+    given = []
+    run_cells = bench.run_cells
+
+    def spy(args, budget, n, mode, extra_env=None):
+        given.append(extra_env)
+        return run_cells(args, budget, n, mode, extra_env)
+
+    monkeypatch.setattr(bench, "run_cells", spy)
+    out = tmp_path / "bench.jsonl"
+    args = bench.parse(["--device", "cpu", "--tiny", "--parts", "cells", "--out", str(out)])
+    args.single_rate = {None: 10.0}  # one cell without MPS, as the eager series leaves it
+    bench.cells_mps(args, bench.Budget(120), bench.Report(args), [None])
+
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["cells"], r["mps"]) for r in lines] == [(1, True), (2, True)], lines
+    for row in lines:
+        assert row["scaling_reference"] == "1 cell without MPS"
+        assert abs(row["scaling"] - row["steps_per_second"] / 10.0) < 0.01
+    record = Path(os.environ["FAKE_MPS_RECORD"])
+    started = [c for c in calls(record) if c["command"] == "start"]
+    assert len(started) == 1  # one daemon for the whole series
+    pipe = started[0]["pipe"]
+    assert [e["CUDA_MPS_PIPE_DIRECTORY"] for e in given] == [pipe, pipe]
+    assert calls(record)[-1] == {"command": "quit", "argv": "", "pipe": pipe}
+    assert not os.path.exists(pipe)
