@@ -21,18 +21,13 @@ from pyro.infer import Trace_ELBO
 from . import checkpoint
 from .data import EVAL_BINARIZATION_SEED, default_binarization, load_dataset, prepare
 from .data.text import length_order
-from .diagnostics.classify import classification_accuracy
+from .diagnostics.classify import accuracy_metrics, classification_accuracy
+from .diagnostics.diagnosis import diagnose
 from .diagnostics.elbo import OUTPUT_BUDGET, evaluation_batch_size
 from .diagnostics.latent import Posteriors
-from .diagnostics.report import (
-    accuracy_metrics,
-    compare_table,
-    diagnose,
-    per_datapoint_dataset,
-    plot_diagnostics,
-    prior_sample,
-    write_netcdf,
-)
+from .diagnostics.netcdf import per_datapoint_dataset, write_netcdf
+from .diagnostics.plots import plot_diagnostics, prior_sample
+from .diagnostics.tables import compare_table
 from .diagnostics.text import text_report
 from .errors import CheckpointError, ConfigError, DataError
 from .infer import ELBOS, Refinement, refined_guide
