@@ -1,7 +1,18 @@
 """Diagnose and compare run directories written by ``SkipVAE.fit(run_dir=...)`` / ``skipvae fit``.
 
 The front door's level of the package (it loads :class:`~pyro_skipvae.SkipVAE` runs and their
-data) on top of the pure estimators of :mod:`pyro_skipvae.diagnostics`:
+data) on top of the pure estimators of :mod:`pyro_skipvae.diagnostics`. :func:`diagnose_run`
+is a pipeline of named steps, each calling only the layers below it:
+
+1. :func:`load_run`: the run's configuration and its model (``best.pt``);
+2. :func:`prepare_split`: the evaluation split and the classifiers' training data,
+   prepared as the run's validation data were;
+3. :func:`run_refinement`: the guide, refined as the run was trained, or amortized;
+4. :func:`diagnose_split`: :func:`~pyro_skipvae.diagnostics.diagnose` on the split, with
+   the run's settings added to the metrics;
+5. :func:`write_outputs`: JSON, netCDF, PNGs and (text) decoded sentences, atomically.
+
+Its options are one :class:`DiagnoseOptions`, validated where it is made:
 
 >>> result = diagnose_run("runs/skip", split="test", num_samples=500)   # doctest: +SKIP
 >>> result["metrics"]["mi"], result["paths"]["json"]                     # doctest: +SKIP
@@ -12,6 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +33,14 @@ from pyro.infer import Trace_ELBO
 from . import checkpoint
 from .data import EVAL_BINARIZATION_SEED, default_binarization, load_dataset, prepare
 from .data.text import length_order
-from .diagnostics.classify import classification_accuracy
+from .diagnose_options import SPLITS, DiagnoseOptions  # noqa: F401  (SPLITS: its old home)
+from .diagnostics.classify import accuracy_metrics, classification_accuracy
+from .diagnostics.diagnosis import diagnose
 from .diagnostics.elbo import OUTPUT_BUDGET, evaluation_batch_size
 from .diagnostics.latent import Posteriors
-from .diagnostics.report import (
-    accuracy_metrics,
-    compare_table,
-    diagnose,
-    per_datapoint_dataset,
-    plot_diagnostics,
-    prior_sample,
-    write_netcdf,
-)
+from .diagnostics.netcdf import per_datapoint_dataset, write_netcdf
+from .diagnostics.plots import plot_diagnostics, prior_sample
+from .diagnostics.tables import compare_table
 from .diagnostics.text import text_report
 from .errors import CheckpointError, ConfigError, DataError
 from .infer import ELBOS, Refinement, refined_guide
@@ -43,7 +51,134 @@ from .skip_vae import SkipVAE
 logger = logging.getLogger(__name__)
 
 DIAGNOSTICS_FILE = "diagnostics.json"
-SPLITS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A fitted run as :func:`load_run` finds it: ``run_dir``, its ``config.json``, the
+    model ``vae`` (``best.pt``), the data set to evaluate on and its ``binarize`` mode."""
+
+    run_dir: Path
+    config: dict
+    vae: SkipVAE
+    dataset: str
+    binarize: str
+
+    @property
+    def trained_on(self) -> str:
+        return self.config["run"]["dataset"]
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """The evaluation split as :func:`prepare_split` prepares it (in the likelihood's
+    support, on the CPU, in the split's order), the classifiers' training data (``None``
+    without labels), and for sequences the tokens per datapoint and the length order."""
+
+    data: torch.Tensor
+    labels: torch.Tensor | None
+    train_data: torch.Tensor | None
+    train_labels: torch.Tensor | None
+    vocabulary: Any = None
+    tokens: torch.Tensor | None = None
+    order: torch.Tensor | None = None
+
+
+def diagnose_run(
+    run_dir: str | os.PathLike, *, options: DiagnoseOptions | None = None, **keywords: Any
+) -> dict[str, Any]:
+    """Run every diagnostic of :func:`pyro_skipvae.diagnostics.diagnose` on a fitted run.
+
+    Loads ``best.pt`` of ``run_dir`` and the run's data set (``config.json``), prepares the
+    evaluation split and the classifier's training images as the run's validation data were
+    (binarised once with a fixed seed), and writes ``diagnostics.json`` (or ``out``), the
+    per-datapoint results as netCDF (``<stem>.nc``, an xarray Dataset) and PNGs in
+    ``<stem>_plots/``, all atomically. The networks are in ``eval()`` mode throughout.
+
+    **Sequences** (a likelihood that counts tokens): the per-token metrics of
+    :func:`~pyro_skipvae.diagnostics.diagnose` (perplexity bound, IW perplexity); the data
+    are evaluated in order of length (similar lengths share a chunk, so the decoder runs
+    over little padding; per-datapoint results are returned in the split's own order, but
+    the minibatch MI estimator and the refinement minibatches see length-sorted neighbours,
+    as in the authors' length-bucketed evaluation), in chunks whose decoder output stays
+    within :data:`~pyro_skipvae.diagnostics.elbo.OUTPUT_BUDGET`. For a text data set,
+    ``<stem>_text.md`` holds reconstructions, samples from the prior and homotopies
+    (:func:`~pyro_skipvae.diagnostics.text.text_report`).
+
+    :param run_dir: a run directory written by ``skipvae fit``.
+    :param DiagnoseOptions options: the options; or give them as keywords of the same names
+        (``diagnose_run(run_dir, split="val", num_samples=100)``).
+    :returns: dict with ``metrics`` (as written to JSON), ``paths`` and the :func:`diagnose`
+        result under ``result``.
+    :raises TypeError: an unknown keyword (the message lists the options).
+    """
+    options = DiagnoseOptions.from_keywords(options, **keywords)
+    run = load_run(run_dir, options)
+    split = prepare_split(run, options)
+    guide, refinement = run_refinement(run.vae, run.config, options.num_refine_steps)
+    with evaluating(run.vae.model, run.vae.guide):
+        result = diagnose_split(run, split, guide, refinement, options)
+        paths = write_outputs(run, split, result, options)
+    return {
+        "metrics": result["metrics"],
+        "paths": {k: str(v) for k, v in paths.items()},
+        "result": result,
+    }
+
+
+def load_run(run_dir: str | os.PathLike, options: DiagnoseOptions) -> LoadedRun:
+    """Step 1: the run's ``config.json`` and model (``best.pt`` on ``options.device``), and
+    the data set to evaluate on: the run's own, binarised as in training, or
+    ``options.dataset``, binarised as that data set is by default.
+
+    :raises CheckpointError: not a run directory, or a configuration without ``run.dataset``.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / BEST_FILE).is_file():
+        raise CheckpointError(
+            f"{run_dir} holds no {BEST_FILE}: expected a run directory written by `skipvae fit`"
+        )
+    config = read_config(run_dir)
+    trained_on = config.get("run", {}).get("dataset")
+    if trained_on is None:
+        raise CheckpointError(
+            f"{run_dir / CONFIG_FILE} does not name the run's data set (run.dataset)"
+        )
+    dataset, mode = trained_on, config.get("train", {}).get("binarize", "none")
+    if options.dataset is not None and options.dataset != trained_on:
+        dataset, mode = options.dataset, default_binarization(options.dataset)
+    vae = SkipVAE.load(run_dir, device=options.device)
+    return LoadedRun(run_dir, config, vae, dataset, mode)
+
+
+def prepare_split(run: LoadedRun, options: DiagnoseOptions) -> EvaluationData:
+    """Step 2: the first ``eval_size`` examples of ``options.split`` and the first
+    ``classifier_train_size`` training examples (kept only when both have labels),
+    validated and binarised for the run's likelihood (:func:`~pyro_skipvae.data.prepare`);
+    for sequences, their tokens and length order (:func:`~pyro_skipvae.data.text.length_order`)."""
+    likelihood = run.vae.model.likelihood
+    max_length = run.config["run"].get("max_length")
+    splits = load_dataset(run.dataset, data_dir=options.data_dir, max_length=max_length)
+    data, labels = splits.split(options.split)
+    if options.eval_size is not None:
+        data = data[: options.eval_size]
+        labels = None if labels is None else labels[: options.eval_size]
+    data = prepare(data, likelihood, binarization=run.binarize, name=f"{options.split} data")
+    train_data, train_labels = splits.train, splits.train_labels
+    if options.classifier_train_size is not None:
+        train_data = train_data[: options.classifier_train_size]
+        train_labels = (
+            None if train_labels is None else train_labels[: options.classifier_train_size]
+        )
+    if labels is not None and train_labels is not None:
+        train_data = prepare(
+            train_data, likelihood, binarization=run.binarize, name="training data"
+        )
+    else:
+        train_data = train_labels = None
+    tokens = likelihood.num_tokens(data)
+    order = None if tokens is None else length_order(tokens)
+    return EvaluationData(data, labels, train_data, train_labels, splits.vocabulary, tokens, order)
 
 
 def run_refinement(vae, config, num_refine_steps=None):
@@ -97,220 +232,78 @@ def run_refinement(vae, config, num_refine_steps=None):
     return guide, settings
 
 
-def output_paths(run_dir, out=None) -> dict:
-    """Where :func:`diagnose_run` writes: ``json``, ``netcdf``, the ``plots`` folder and, for
-    text, the decoded sentences (``text``)."""
-    json_path = Path(out) if out is not None else Path(run_dir) / DIAGNOSTICS_FILE
-    stem = json_path.with_suffix("")
-    return {
-        "json": json_path,
-        "netcdf": stem.with_suffix(".nc"),
-        "plots": Path(f"{stem}_plots"),
-        "text": Path(f"{stem}_text.md"),
-    }
-
-
-def diagnose_run(
-    run_dir: str | os.PathLike,
-    *,
-    split: str = "test",
-    num_samples: int = 500,
-    nll_size: int | None = None,
-    eval_size: int | None = None,
-    dataset: str | None = None,
-    data_dir: str | os.PathLike | None = None,
-    num_refine_steps: int | None = None,
-    out: str | os.PathLike | None = None,
-    classifier_train_size: int | None = None,
-    accuracy_dataset: str | None = None,
-    au_threshold: float = 0.01,
-    embedding: str = "tsne",
-    plots: bool = True,
-    keep_log_weights: bool = False,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Run every diagnostic of :func:`pyro_skipvae.diagnostics.diagnose` on a fitted run.
-
-    Loads ``best.pt`` of ``run_dir`` and the run's data set (``config.json``), prepares the
-    evaluation split and the classifier's training images as the run's validation data were
-    (binarised once with a fixed seed), and writes ``diagnostics.json`` (or ``out``), the
-    per-datapoint results as netCDF (``<stem>.nc``, an xarray Dataset) and PNGs in
-    ``<stem>_plots/``, all atomically. The networks are in ``eval()`` mode throughout.
-
-    **Sequences** (a likelihood that counts tokens): the per-token metrics of
-    :func:`~pyro_skipvae.diagnostics.diagnose` (perplexity bound, IW perplexity); the data
-    are evaluated in order of length (similar lengths share a chunk, so the decoder runs
-    over little padding; per-datapoint results are returned in the split's own order, but
-    the minibatch MI estimator and the refinement minibatches see length-sorted neighbours,
-    as in the authors' length-bucketed evaluation), in chunks whose decoder output stays
-    within :data:`~pyro_skipvae.diagnostics.elbo.OUTPUT_BUDGET`. For a text data set,
-    ``<stem>_text.md`` holds reconstructions, samples from the prior and homotopies
-    (:func:`~pyro_skipvae.diagnostics.text.text_report`).
-
-    :param str split: ``"test"`` (default) or ``"val"``.
-    :param int num_samples: importance samples K of the IW-NLL (default 500; 0 skips it).
-    :param int nll_size: score the IW-NLL on this many points of the split, drawn uniformly
-        without replacement with ``seed`` (default: all; see
-        :func:`~pyro_skipvae.diagnostics.diagnose`).
-    :param int eval_size: evaluate the first ``eval_size`` examples of the split only.
-    :param str dataset: evaluate on this data set (a name or file, same data shape) instead of
-        the run's own, binarised as that data set is by default
-        (:func:`~pyro_skipvae.data.default_binarization`, once, with the fixed seed): e.g. a
-        model fitted on the unlabelled static binarised MNIST scored on labelled MNIST, a
-        Bernoulli draw of the same intensities.
-    :param int num_refine_steps: refinement steps of q's local parameters (see
-        :func:`run_refinement`): default ``None`` evaluates a semi-amortized run with its own
-        refinement and other runs amortized; 0 forces the amortized guide. The classifier's
-        training codes are refined too.
-    :param int classifier_train_size: fit the classifiers on the first this-many training
-        images (default: all of the data set's training split).
-    :param str accuracy_dataset: a labelled data set of the same shape on which to measure
-        posterior-mean accuracy (``accuracy``, ``accuracy_knn``) when the evaluated one has
-        no labels, e.g. ``"mnist"`` for a model of the unlabelled static binarised MNIST: its
-        split and training images, binarised as that data set is by default (once, with the
-        fixed seed), are encoded by the same (refined) guide.
-    :returns: dict with ``metrics`` (as written to JSON), ``paths`` and the :func:`diagnose`
-        result under ``result``.
-    """
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
-    for name, value in (
-        ("eval_size", eval_size),
-        ("nll_size", nll_size),
-        ("classifier_train_size", classifier_train_size),
-    ):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be a positive integer, found {value}")
-    if num_samples < 0 or (num_refine_steps is not None and num_refine_steps < 0):
-        raise ConfigError(
-            f"num_samples and num_refine_steps must be >= 0, found {num_samples} and {num_refine_steps}"
-        )
-    run_dir = Path(run_dir)
-    if not (run_dir / BEST_FILE).is_file():
-        raise CheckpointError(
-            f"{run_dir} holds no {BEST_FILE}: expected a run directory written by `skipvae fit`"
-        )
-    config = read_config(run_dir)
-    run = config.get("run", {})
-    if "dataset" not in run:
-        raise CheckpointError(
-            f"{run_dir / CONFIG_FILE} does not name the run's data set (run.dataset)"
-        )
-    mode = config.get("train", {}).get("binarize", "none")
-    if dataset is None or dataset == run["dataset"]:
-        dataset = run["dataset"]
-    else:
-        mode = default_binarization(dataset)
-    vae = SkipVAE.load(run_dir, device=device)
-    likelihood = vae.model.likelihood
-
-    splits = load_dataset(dataset, data_dir=data_dir, max_length=run.get("max_length"))
-    data, labels = splits.split(split)
-    if eval_size is not None:
-        data, labels = data[:eval_size], None if labels is None else labels[:eval_size]
-    data = prepare(data, likelihood, binarization=mode, name=f"{split} data")
-    train_data, train_labels = splits.train, splits.train_labels
-    if classifier_train_size is not None:
-        train_data = train_data[:classifier_train_size]
-        train_labels = None if train_labels is None else train_labels[:classifier_train_size]
-    if labels is not None and train_labels is not None:
-        train_data = prepare(train_data, likelihood, binarization=mode, name="training data")
-    else:
-        train_data = train_labels = None
-
-    guide, refinement = run_refinement(vae, config, num_refine_steps)
-    dev = vae.device
-    tokens = likelihood.num_tokens(data)
-    order = None if tokens is None else length_order(tokens)
-    # Chunks of whole refinement minibatches, their decoder output within the budget.
-    chunk_size = evaluation_batch_size(
-        likelihood, 100, multiple_of=1 if refinement is None else refinement["refine_batch_size"]
-    )
+def diagnose_split(
+    run: LoadedRun, split: EvaluationData, guide, refinement: dict | None, options: DiagnoseOptions
+) -> dict:
+    """Step 4: :func:`~pyro_skipvae.diagnostics.diagnose` of ``guide`` on the split, in
+    chunks of whole refinement minibatches whose decoder output stays within
+    :data:`~pyro_skipvae.diagnostics.elbo.OUTPUT_BUDGET` (sequences sorted by length, the
+    per-datapoint results put back in the split's order); the accuracy on
+    ``options.accuracy_dataset`` when the split has no labels; and the run's settings
+    (:func:`run_settings`) added to the metrics."""
+    vae, likelihood = run.vae, run.vae.model.likelihood
+    multiple_of = 1 if refinement is None else refinement["refine_batch_size"]
+    chunk_size = evaluation_batch_size(likelihood, 100, multiple_of=multiple_of)
     per_call = max(1, OUTPUT_BUDGET // (chunk_size * math.prod(likelihood.param_shape)))
-    with evaluating(vae.model, vae.guide):
-        result = diagnose(
-            vae.model,
-            guide,
-            (data if order is None else data[order]).to(dev),
-            labels=labels if order is None or labels is None else labels[order],
-            train_data=None if train_data is None else train_data.to(dev),
-            train_labels=train_labels,
-            num_samples=num_samples,
-            nll_size=nll_size,
-            au_threshold=au_threshold,
-            chunk_size=chunk_size,
-            particle_chunk=min(max(1, 10_000 // chunk_size), per_call),
-            num_tokens=None if order is None else tokens[order],
-            keep_log_weights=keep_log_weights,
-            seed=seed,
-            progress=progress,
-        )
-        if order is not None:  # back to the split's order
-            inverse = torch.argsort(order)
-            result["per_datapoint"] = {k: v[inverse] for k, v in result["per_datapoint"].items()}
-            result["codes"] = result["codes"][inverse]
-        metrics = result["metrics"]
-        if accuracy_dataset is not None and "accuracy" not in metrics:
-            accuracy = labelled_accuracy(
-                vae,
-                guide,
-                accuracy_dataset,
-                split=split,
-                data_dir=data_dir,
-                eval_size=eval_size,
-                classifier_train_size=classifier_train_size,
-                chunk_size=chunk_size,
-                progress=progress,
-            )
-            metrics["estimators"].update(accuracy.pop("estimators"))
-            metrics.update(accuracy)
-        metrics.update(
-            run_dir=str(run_dir),
-            dataset=dataset,
-            trained_on=run["dataset"],
-            split=split,
-            binarize=mode,
-            binarization_seed=EVAL_BINARIZATION_SEED if mode == "dynamic" else None,
-            num_refine_steps=0 if refinement is None else refinement["num_refine_steps"],
-            inference="amortized" if refinement is None else "semi-amortized",
-            refinement=refinement,
-            skip=vae.config.skip,
-            decoder=vae.config.decoder,
-            max_length=run.get("max_length"),
-        )
-        paths = output_paths(run_dir, out)
-        decoder = vae.model.decoder
-        if splits.vocabulary is not None and hasattr(decoder, "generate"):
-            text = text_report(
-                decoder,
-                data,
-                result["codes"],
-                prior_sample(vae.model, data[:10].to(dev)),
-                splits.vocabulary,
-                seed=seed,
-            )
-            checkpoint.atomic_write_text(paths["text"], text)
-            metrics["text"] = str(paths["text"])
-        if plots:
-            metrics["embedding"] = embedding
-            metrics["plots"] = plot_diagnostics(
-                vae.model,
-                data.to(dev),
-                result,
-                paths["plots"],
-                labels=labels,
-                embedding=embedding,
-                seed=seed,
-            )
-    metrics["netcdf"] = str(paths["netcdf"])
-    write_netcdf(
-        per_datapoint_dataset(result, attrs={"run_dir": str(run_dir), "split": split}),
-        paths["netcdf"],
+    order = split.order
+    result = diagnose(
+        vae.model,
+        guide,
+        (split.data if order is None else split.data[order]).to(vae.device),
+        labels=split.labels if order is None or split.labels is None else split.labels[order],
+        train_data=None if split.train_data is None else split.train_data.to(vae.device),
+        train_labels=split.train_labels,
+        num_samples=options.num_samples,
+        nll_size=options.nll_size,
+        au_threshold=options.au_threshold,
+        chunk_size=chunk_size,
+        particle_chunk=min(max(1, 10_000 // chunk_size), per_call),
+        num_tokens=None if order is None else split.tokens[order],
+        keep_log_weights=options.keep_log_weights,
+        seed=options.seed,
+        progress=options.progress,
     )
-    checkpoint.atomic_write_json(paths["json"], metrics)
-    return {"metrics": metrics, "paths": {k: str(v) for k, v in paths.items()}, "result": result}
+    if order is not None:  # back to the split's order
+        inverse = torch.argsort(order)
+        result["per_datapoint"] = {k: v[inverse] for k, v in result["per_datapoint"].items()}
+        result["codes"] = result["codes"][inverse]
+    metrics = result["metrics"]
+    if options.accuracy_dataset is not None and "accuracy" not in metrics:
+        accuracy = labelled_accuracy(
+            vae,
+            guide,
+            options.accuracy_dataset,
+            split=options.split,
+            data_dir=options.data_dir,
+            eval_size=options.eval_size,
+            classifier_train_size=options.classifier_train_size,
+            chunk_size=chunk_size,
+            progress=options.progress,
+        )
+        metrics["estimators"].update(accuracy.pop("estimators"))
+        metrics.update(accuracy)
+    metrics.update(run_settings(run, refinement, options))
+    return result
+
+
+def run_settings(run: LoadedRun, refinement: dict | None, options: DiagnoseOptions) -> dict:
+    """What was evaluated, for ``diagnostics.json``: the run, data set and split, the
+    binarisation, the guide (amortized or refined, with the refinement's settings) and the
+    model's skip wiring and decoder."""
+    return {
+        "run_dir": str(run.run_dir),
+        "dataset": run.dataset,
+        "trained_on": run.trained_on,
+        "split": options.split,
+        "binarize": run.binarize,
+        "binarization_seed": EVAL_BINARIZATION_SEED if run.binarize == "dynamic" else None,
+        "num_refine_steps": 0 if refinement is None else refinement["num_refine_steps"],
+        "inference": "amortized" if refinement is None else "semi-amortized",
+        "refinement": refinement,
+        "skip": run.vae.config.skip,
+        "decoder": run.vae.config.decoder,
+        "max_length": run.config["run"].get("max_length"),
+    }
 
 
 def labelled_accuracy(
@@ -348,6 +341,58 @@ def labelled_accuracy(
         accuracy_dataset=dataset, classifier_num_train=int(train.shape[0]), estimators=described
     )
     return metrics
+
+
+def write_outputs(
+    run: LoadedRun, split: EvaluationData, result: dict, options: DiagnoseOptions
+) -> dict[str, Path]:
+    """Step 5: for a text data set the decoded sentences (``<stem>_text.md``), the PNGs
+    (unless ``options.plots`` is false), the per-datapoint netCDF and the JSON of the
+    metrics, each written atomically, at :func:`output_paths`; their paths are added to
+    the metrics first (so the JSON names them). Returns the paths."""
+    paths = output_paths(run.run_dir, options.out)
+    metrics = result["metrics"]
+    model = run.vae.model
+    if split.vocabulary is not None and hasattr(model.decoder, "generate"):
+        text = text_report(
+            model.decoder,
+            split.data,
+            result["codes"],
+            prior_sample(model, split.data[:10].to(run.vae.device)),
+            split.vocabulary,
+            seed=options.seed,
+        )
+        checkpoint.atomic_write_text(paths["text"], text)
+        metrics["text"] = str(paths["text"])
+    if options.plots:
+        metrics["embedding"] = options.embedding
+        metrics["plots"] = plot_diagnostics(
+            model,
+            split.data.to(run.vae.device),
+            result,
+            paths["plots"],
+            labels=split.labels,
+            embedding=options.embedding,
+            seed=options.seed,
+        )
+    metrics["netcdf"] = str(paths["netcdf"])
+    attrs = {"run_dir": str(run.run_dir), "split": options.split}
+    write_netcdf(per_datapoint_dataset(result, attrs=attrs), paths["netcdf"])
+    checkpoint.atomic_write_json(paths["json"], metrics)
+    return paths
+
+
+def output_paths(run_dir, out=None) -> dict:
+    """Where :func:`diagnose_run` writes: ``json``, ``netcdf``, the ``plots`` folder and, for
+    text, the decoded sentences (``text``)."""
+    json_path = Path(out) if out is not None else Path(run_dir) / DIAGNOSTICS_FILE
+    stem = json_path.with_suffix("")
+    return {
+        "json": json_path,
+        "netcdf": stem.with_suffix(".nc"),
+        "plots": Path(f"{stem}_plots"),
+        "text": Path(f"{stem}_text.md"),
+    }
 
 
 def load_diagnostics(path: str | os.PathLike) -> dict[str, Any]:

@@ -89,16 +89,30 @@ MUTATION_TESTS = {
         "test_properties",
         "test_pixelcnn",
     ],
-    "pyro_skipvae.diagnostics.plots": ["test_plots"],
-    "pyro_skipvae.diagnostics.report": [
+    "pyro_skipvae.diagnostics.classify": [
+        "test_diagnostics",
+        "test_estimators",
         "test_diagnose_tables",
-        "test_plots",
+    ],
+    "pyro_skipvae.diagnostics.diagnosis": [
+        "test_diagnose_tables",
         "test_diagnostics",
         "test_properties",
         "test_text",
         "test_pixelcnn",
         "test_behaviour",
     ],
+    "pyro_skipvae.diagnostics.estimate": [
+        "test_diagnostics",
+        "test_estimators",
+        "test_properties",
+        "test_diagnose_tables",
+        "test_text",
+    ],
+    "pyro_skipvae.diagnostics.netcdf": ["test_diagnose_tables", "test_diagnostics"],
+    "pyro_skipvae.diagnostics.plots": ["test_plots", "test_diagnose_tables", "test_pixelcnn"],
+    "pyro_skipvae.diagnostics.report": ["test_diagnose_tables"],
+    "pyro_skipvae.diagnostics.tables": ["test_diagnose_tables", "test_diagnostics"],
     "pyro_skipvae.diagnostics.text": ["test_lstm_architecture", "test_text", "test_diagnostics"],
     "pyro_skipvae.guides": [
         "test_behaviour",

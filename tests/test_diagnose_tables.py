@@ -1,6 +1,7 @@
-"""diagnostics.report: the arithmetic (ratio_and_se, consistency_checks), the text tables
-(_cell, format_table, compare_table), the netCDF outputs, and diagnose's plumbing (each
-option reaches the estimator it configures, checked by recording stand-ins).
+"""diagnose() and what surrounds it: the arithmetic (estimate.ratio_and_se,
+diagnosis.consistency_checks), the text tables (tables: _cell, format_table, compare_table),
+the netCDF outputs (netcdf), diagnose's plumbing (each option reaches the estimator it
+configures, checked by recording stand-ins) and plots.decode / plots.prior_sample.
 
 Metric dicts here are synthetic numbers chosen to be exact in binary floating point, so
 that boundaries ("within 3 standard errors") can be tested at the limit itself.
@@ -16,18 +17,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_skipvae.diagnostics import report
+from pyro_skipvae.diagnostics import diagnosis, plots
+from pyro_skipvae.diagnostics.diagnosis import consistency_checks, diagnose
+from pyro_skipvae.diagnostics.estimate import ratio_and_se
 from pyro_skipvae.diagnostics.latent import Posteriors
-from pyro_skipvae.diagnostics.report import (
-    _cell,
-    compare_table,
-    consistency_checks,
-    diagnose,
-    format_table,
-    per_datapoint_dataset,
-    ratio_and_se,
-    write_netcdf,
-)
+from pyro_skipvae.diagnostics.netcdf import per_datapoint_dataset, write_netcdf
+from pyro_skipvae.diagnostics.tables import _cell, compare_table, format_table
 from pyro_skipvae.sites import data_plate
 
 
@@ -287,11 +282,11 @@ def pair(float64):
 
 @pytest.fixture
 def spies(monkeypatch):
-    """Record the arguments of the estimators diagnose looks up in the report module."""
+    """Record the arguments of the estimators diagnose looks up in its module."""
     calls = {}
 
     def spy(name):
-        real = getattr(report, name)
+        real = getattr(diagnosis, name)
 
         def wrapper(*args, **kwargs):
             calls.setdefault(name, []).append((args, kwargs))
@@ -299,7 +294,7 @@ def spies(monkeypatch):
                 kwargs = {**kwargs, "pareto": False}  # k̂ (ArviZ) is not under test: skip it
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(report, name, wrapper)
+        monkeypatch.setattr(diagnosis, name, wrapper)
 
     for name in (
         "aggregate_posterior_terms",
@@ -314,7 +309,7 @@ def spies(monkeypatch):
             calls.setdefault("Posteriors", []).append(((guide, data), kwargs))
             super().__init__(guide, data, **kwargs)
 
-    monkeypatch.setattr(report, "Posteriors", RecordingPosteriors)
+    monkeypatch.setattr(diagnosis, "Posteriors", RecordingPosteriors)
 
     def fake_accuracy(train_codes, train_labels, codes, labels, *, classifiers=None):
         calls.setdefault("classification_accuracy", []).append(
@@ -330,7 +325,7 @@ def spies(monkeypatch):
             "knn": {"accuracy": 0.5, "accuracy_se": 0.25, "classifier": "5-NN", "num_train": 10},
         }
 
-    monkeypatch.setattr(report, "classification_accuracy", fake_accuracy)
+    monkeypatch.setattr(diagnosis, "classification_accuracy", fake_accuracy)
     return calls
 
 
@@ -440,9 +435,9 @@ def test_diagnose_per_token_metrics(pair):
 
 def test_diagnose_with_posteriors_cannot_encode_train_data(pair, spies, caplog):
     model, guide, x, x_train = pair
-    post = report.Posteriors(guide, x, chunk_size=4)  # the recording stand-in's class
+    post = diagnosis.Posteriors(guide, x, chunk_size=4)  # the recording stand-in's class
     labels = torch.arange(12) % 2
-    with caplog.at_level(logging.WARNING, logger=report.__name__):
+    with caplog.at_level(logging.WARNING, logger=diagnosis.__name__):
         result = diagnose(
             model, post, x, labels=labels, train_data=x_train, train_labels=labels[:10],
             num_samples=0, mi_batch_size=4,
@@ -458,7 +453,7 @@ def test_decode_is_the_mean_of_p_x_given_the_codes(float64):
     W, b = torch.tensor([[1.0, 2.0], [0.0, -1.0], [3.0, 0.5]]), torch.tensor([0.5, 0.0, -1.0])
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, -1.0], [0.0, 0.0]])
     x_like = torch.zeros(4, 3)  # only its shape matters
-    assert torch.equal(report.decode(linear_model(W, b, 0.5), z, x_like), z @ W.T + b)
+    assert torch.equal(plots.decode(linear_model(W, b, 0.5), z, x_like), z @ W.T + b)
 
 
 def test_decode_samples_from_an_autoregressive_decoder():
@@ -475,7 +470,7 @@ def test_decode_samples_from_an_autoregressive_decoder():
         decoder, likelihood = Decoder(), object()
 
     model, z = ARModel(), torch.zeros(2, 3)
-    assert report.decode(model, z, torch.zeros(2, 5)) == "drawn"
+    assert plots.decode(model, z, torch.zeros(2, 5)) == "drawn"
     assert model.decoder.seen[0] is z and model.decoder.seen[1] is model.likelihood
 
 
@@ -485,6 +480,149 @@ def test_prior_sample_draws_one_code_per_row_from_the_model_prior(float64):
             z = pyro.sample("z", dist.Normal(torch.tensor([5.0, -3.0]), 1e-6).to_event(1))
             pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
 
-    z = report.prior_sample(model, torch.zeros(7, 1))
+    z = plots.prior_sample(model, torch.zeros(7, 1))
     assert z.shape == (7, 2)
     assert torch.allclose(z, torch.tensor([5.0, -3.0]).expand(7, 2), atol=1e-4)
+
+
+# ---------------------------------------------------------------- the table of metrics
+def test_diagnose_runs_the_metrics_table_in_order(pair, monkeypatch):
+    """diagnose composes its estimators from METRICS: each entry runs once, in table order,
+    on one shared Diagnosis (the same stored q for every metric)."""
+    model, guide, x, x_train = pair
+    seen = []
+
+    def recording(name, metric):
+        def run(d):
+            seen.append((name, d))
+            metric(d)
+
+        return run
+
+    table = {name: recording(name, fn) for name, fn in diagnosis.METRICS.items()}
+    monkeypatch.setattr(diagnosis, "METRICS", table)
+    labels = torch.arange(12) % 2
+    diagnose(model, guide, x, labels=labels, train_data=x_train, train_labels=labels[:10],
+             num_samples=3, num_tokens=torch.full((12,), 2), classifiers=["knn"])  # fmt: skip
+    assert [name for name, _ in seen] == [
+        "elbo_kl", "mi_agg_kl", "checks", "mi_minibatch", "au", "nll", "per_token", "accuracy",
+    ]  # fmt: skip
+    assert len({id(d) for _, d in seen}) == 1 and seen[0][1].post.data is x
+
+
+def test_a_new_metric_is_one_entry_and_leaves_the_others_unchanged(pair):
+    """A metric added to the table reads what the ones before it wrote and adds its own
+    number and estimator; every other metric is what it was without it (same seed)."""
+    model, guide, x, _ = pair
+
+    def mean_posterior_scale(d):
+        d.metrics["posterior_scale_mean"] = float(d.per_datapoint["posterior_scale"].mean())
+        d.estimators["posterior_scale_mean"] = "mean over data and dimensions of q's σ"
+
+    plain = diagnose(model, guide, x, num_samples=4)
+    extended = diagnose(
+        model, guide, x, num_samples=4,
+        metrics={**diagnosis.METRICS, "scale": mean_posterior_scale},
+    )  # fmt: skip
+    m = extended["metrics"]
+    # the linear guide's σ is (0.5, 0.8) for every datapoint
+    assert m["posterior_scale_mean"] == pytest.approx(0.65, rel=1e-12)
+    assert "q's σ" in m["estimators"]["posterior_scale_mean"]
+    for key, value in plain["metrics"].items():
+        if key not in ("seconds", "estimators"):
+            assert m[key] == value, key
+    assert plain["metrics"]["estimators"].items() <= m["estimators"].items()
+    assert list(m).index("posterior_scale_mean") == list(m).index("estimators") - 1
+
+
+def test_a_table_without_a_metric_reports_none_of_its_keys(pair):
+    model, guide, x, _ = pair
+    result = diagnose(model, guide, x, metrics={"elbo_kl": diagnosis.METRICS["elbo_kl"]})
+    m = result["metrics"]
+    assert {"elbo", "kl", "kl_per_dim"} <= set(m) and not {"mi", "au", "nll", "checks"} & set(m)
+    assert result["codes"] is None and result["posterior_mean_variance"] is None
+    assert result["kl_per_dim"].shape == (2,)
+    assert set(m["seconds"]) == {"encode", "elbo_kl"}
+
+
+def test_metric_keys_keep_the_order_diagnostics_json_has_always_had(pair):
+    """diagnostics.json and the netCDF file list the metrics in the order diagnose adds them;
+    the order from before the metrics became a table (issue 24) is kept."""
+    model, guide, x, x_train = pair
+    labels = torch.arange(12) % 2
+    result = diagnose(model, guide, x, labels=labels, train_data=x_train,
+                      train_labels=labels[:10], num_samples=3, nll_size=6,
+                      num_tokens=torch.full((12,), 2), classifiers=["logistic"])  # fmt: skip
+    assert list(result["metrics"]) == [
+        "num_points", "latent_dim", "log_n", "seed", "elbo", "elbo_se", "kl", "kl_se",
+        "kl_per_dim", "mi", "mi_se", "mi_mc_se", "agg_kl", "agg_kl_se", "agg_kl_mc_se",
+        "checks", "mi_minibatch", "mi_minibatch_se", "mi_minibatch_cap", "au", "au_threshold",
+        "posterior_mean_variance", "nll", "nll_se", "nll_mc_se", "nll_num_samples",
+        "nll_num_points", "pareto_k_share_above", "pareto_k_share_above_0_5", "pareto_k_max",
+        "pareto_k_threshold", "pareto_warning", "num_tokens", "elbo_per_token",
+        "elbo_per_token_se", "ppl_bound", "ppl_bound_se", "nll_per_token", "nll_per_token_se",
+        "iw_ppl", "iw_ppl_se", "accuracy", "accuracy_se", "classifier_num_train",
+        "estimators", "seconds",
+    ]  # fmt: skip
+    assert list(result["per_datapoint"]) == [
+        "elbo", "kl", "kl_per_dim", "mi", "agg_kl", "posterior_mean", "posterior_scale", "nll",
+        "pareto_k", "ess", "nll_mc_var", "num_tokens", "label",
+    ]  # fmt: skip
+    assert list(result["metrics"]["estimators"]) == [
+        "elbo", "kl", "mi", "agg_kl", "mi_minibatch", "au", "nll", "ppl_bound", "iw_ppl",
+        "accuracy",
+    ]  # fmt: skip
+    assert list(result["metrics"]["seconds"]) == [
+        "encode", "elbo_kl", "mi_agg_kl", "nll", "accuracy"
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- the old module
+#: every name diagnostics/report.py defined before it was split by job (issue 24)
+OLD_REPORT_NAMES = {
+    "CLASSIFIERS", "TABLE_ROWS", "_cell", "_spread", "accuracy_metrics", "compare_table",
+    "consistency_checks", "decode", "diagnose", "format_table", "per_datapoint_dataset",
+    "plot_diagnostics", "prior_sample", "ratio_and_se", "write_netcdf",
+}  # fmt: skip
+
+
+def test_the_old_report_module_forwards_every_name_it_had():
+    from pyro_skipvae.diagnostics import report
+
+    assert set(report.MOVED) == OLD_REPORT_NAMES
+    assert OLD_REPORT_NAMES <= set(dir(report))
+
+
+@pytest.mark.parametrize("name", sorted(OLD_REPORT_NAMES))
+def test_an_old_report_name_warns_and_is_the_object_at_its_new_home(name):
+    import importlib
+
+    from pyro_skipvae.diagnostics import report
+
+    home = importlib.import_module(f"pyro_skipvae.diagnostics.{report.MOVED[name]}")
+    with pytest.warns(
+        DeprecationWarning, match=f"report.{name} moved: import it from {home.__name__}"
+    ):
+        old = getattr(report, name)
+    assert old is getattr(home, name)
+
+
+def test_from_import_of_the_old_module_warns_and_unknown_names_still_fail():
+    with pytest.warns(DeprecationWarning, match="or pyro_skipvae.diagnostics$"):
+        from pyro_skipvae.diagnostics.report import diagnose as old_diagnose
+    assert old_diagnose is diagnose
+    with pytest.raises(ImportError, match="no_such_name"):
+        from pyro_skipvae.diagnostics.report import no_such_name  # noqa: F401
+
+
+def test_the_package_itself_never_imports_the_old_module():
+    """Only users' old imports warn: importing the library, its evaluation, report and CLI
+    modules does not touch diagnostics.report."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pyro_skipvae, pyro_skipvae.evaluation, pyro_skipvae.report, "
+        "pyro_skipvae.cli.main; assert 'pyro_skipvae.diagnostics.report' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

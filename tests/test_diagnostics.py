@@ -33,7 +33,7 @@ from pyro_skipvae.diagnostics import (
     pareto_k,
     plot_diagnostics,
 )
-from pyro_skipvae.diagnostics.report import per_datapoint_dataset, write_netcdf
+from pyro_skipvae.diagnostics.netcdf import per_datapoint_dataset, write_netcdf
 from pyro_skipvae.errors import ConfigError, DataError
 from pyro_skipvae.models import Model
 from pyro_skipvae.models.decoders import Decoder
@@ -438,7 +438,7 @@ def test_diagnose_report_outputs(tmp_path):
 
 
 def test_consistency_checks_fail_on_impossible_numbers():
-    from pyro_skipvae.diagnostics.report import consistency_checks
+    from pyro_skipvae.diagnostics.diagnosis import consistency_checks
 
     good = {"mi": 2.0, "mi_se": 0.01, "kl": 5.0, "kl_se": 0.1, "agg_kl": 3.0, "agg_kl_se": 0.1}
     assert all(consistency_checks({**good, "log_n": math.log(100)}).values())

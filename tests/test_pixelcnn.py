@@ -15,7 +15,7 @@ from scipy import stats
 from pyro_skipvae import ConfigError, SkipVAE
 from pyro_skipvae.diagnostics import diagnose, plot_diagnostics
 from pyro_skipvae.diagnostics.nll import importance_sample
-from pyro_skipvae.diagnostics.report import decode
+from pyro_skipvae.diagnostics.plots import decode
 from pyro_skipvae.models import LIKELIHOODS, PixelCNNDecoder
 from pyro_skipvae.modes import evaluating
 

@@ -208,22 +208,21 @@ def diagnose_result(latent_dim, n, kl_per_dim=True):
 
 def test_plot_diagnostics_draws_the_result_it_is_given(monkeypatch, tmp_path):
     from pyro_skipvae import SkipVAE
-    from pyro_skipvae.diagnostics import report
 
     vae = SkipVAE((1, 6, 6), latent_dim=10, hidden_dims=(8,), seed=0)
     data = torch.rand(40, 1, 6, 6)
     labels = torch.arange(40) % 3
     result = diagnose_result(10, 40)
     decoded = []
-    real_decode = report.decode
+    real_decode = plots.decode
 
     def decode(model, z, x_like):
         decoded.append((z.clone(), x_like))
         return real_decode(model, z, x_like)
 
-    monkeypatch.setattr(report, "decode", decode)
+    monkeypatch.setattr(plots, "decode", decode)
     rec = Recorder(monkeypatch)
-    paths = report.plot_diagnostics(
+    paths = plots.plot_diagnostics(
         vae.model, data, result, tmp_path, labels=labels, embedding="pca", max_points=7,
         prefix="p_", seed=3,
     )  # fmt: skip
@@ -248,7 +247,7 @@ def test_plot_diagnostics_draws_the_result_it_is_given(monkeypatch, tmp_path):
     assert prior_z.shape == (30, 10) and torch.equal(prior_x, data[:30])
     assert rec.calls["samples"][1]["title"] is None
     torch.manual_seed(3)
-    torch.testing.assert_close(prior_z, report.prior_sample(vae.model, data[:30]))
+    torch.testing.assert_close(prior_z, plots.prior_sample(vae.model, data[:30]))
     # traversals: the 8 dimensions of most KL, each swept over -3..3 around the first code
     dims = torch.argsort(result["kl_per_dim"], descending=True)[:8].tolist()
     args, kwargs = rec.calls["traversals"]
@@ -265,16 +264,15 @@ def test_plot_diagnostics_draws_the_result_it_is_given(monkeypatch, tmp_path):
 
 def test_plot_diagnostics_of_an_autoregressive_decoder_and_of_non_images(monkeypatch, tmp_path):
     from pyro_skipvae import SkipVAE
-    from pyro_skipvae.diagnostics import report
 
     vae = SkipVAE((1, 6, 6), latent_dim=10, hidden_dims=(8,), seed=0)
     monkeypatch.setattr(vae.model.decoder, "autoregressive", True, raising=False)
-    monkeypatch.setattr(report, "decode", lambda model, z, x_like: x_like[: len(z)].clone())
+    monkeypatch.setattr(plots, "decode", lambda model, z, x_like: x_like[: len(z)].clone())
     rec = Recorder(monkeypatch)
     # without per-dimension KL (a prior without one), traversals sweep the dimensions of
     # largest posterior-mean variance, and there is no KL picture
     result = diagnose_result(10, 40, kl_per_dim=False)
-    paths = report.plot_diagnostics(vae.model, torch.rand(40, 1, 6, 6), result, tmp_path)
+    paths = plots.plot_diagnostics(vae.model, torch.rand(40, 1, 6, 6), result, tmp_path)
     assert [p.rsplit("/", 1)[1] for p in paths] == [
         "embedding.png",
         "reconstructions.png",
@@ -292,7 +290,7 @@ def test_plot_diagnostics_of_an_autoregressive_decoder_and_of_non_images(monkeyp
     assert rec.calls["traversals"][0][1] == torch.argsort(variance, descending=True)[:8].tolist()
 
     rec.calls.clear()
-    flat = report.plot_diagnostics(
+    flat = plots.plot_diagnostics(
         vae.model, torch.rand(40, 36), diagnose_result(10, 40), tmp_path / "flat"
     )
     assert [p.rsplit("/", 1)[1] for p in flat] == ["embedding.png", "kl_per_dim.png"]

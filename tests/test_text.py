@@ -479,7 +479,7 @@ def test_per_token_standard_error_matches_the_spread_of_redrawn_sets():
     """ratio_and_se: exact ratio with zero error when nats are proportional to tokens, and a
     standard error equal to the spread of R over redrawn evaluation sets (synthetic sets,
     2,000 draws of N = 200: the spread is known to ±3%, so 10% is a loose bound)."""
-    from pyro_skipvae.diagnostics.report import ratio_and_se
+    from pyro_skipvae.diagnostics.estimate import ratio_and_se
 
     counts = torch.tensor([3.0, 10.0, 25.0])
     assert ratio_and_se(-2.5 * counts, counts) == (-2.5, 0.0)

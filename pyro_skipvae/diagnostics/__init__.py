@@ -8,10 +8,14 @@ contract of :mod:`pyro_skipvae.sites` and returns numbers; nothing prints.
   :func:`minibatch_mutual_information` of the lagging-encoder code;
 * :mod:`.nll`: :func:`importance_weighted_nll` / :func:`importance_sample` with PSIS k̂;
 * :mod:`.classify`: posterior-mean classification accuracy;
-* :mod:`.plots` and :mod:`.report`: pictures, :func:`diagnose` and tables.
+* :mod:`.diagnosis`: :func:`diagnose`, every metric of one model/guide pair from the
+  table of named metrics :data:`METRICS`;
+* :mod:`.tables`: :func:`format_table` and :func:`compare_table`; :mod:`.netcdf`: the
+  per-datapoint results as netCDF; :mod:`.plots`: pictures, :func:`plot_diagnostics`.
 """
 
 from .classify import CLASSIFIERS, classification_accuracy
+from .diagnosis import METRICS, Diagnosis, diagnose
 from .elbo import elbo_terms, evaluate_elbo
 from .estimate import Estimate
 from .latent import (
@@ -33,11 +37,14 @@ from .nll import (
     pareto_k,
     pareto_k_summary,
 )
+from .plots import plot_diagnostics
 from .posterior import nuts_posterior
-from .report import compare_table, diagnose, format_table, plot_diagnostics
+from .tables import compare_table, format_table
 
 __all__ = [
     "CLASSIFIERS",
+    "METRICS",
+    "Diagnosis",
     "Estimate",
     "ImportanceSamplingResult",
     "Posteriors",

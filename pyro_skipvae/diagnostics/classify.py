@@ -86,6 +86,18 @@ def classification_accuracy(
     return results
 
 
+def accuracy_metrics(results: dict, fitted_on: str = "training points") -> tuple[dict, dict]:
+    """The metrics (``accuracy`` for logistic regression, ``accuracy_<name>`` for the others,
+    each with ``_se``) and the estimator descriptions of
+    :func:`classification_accuracy`'s ``results``."""
+    values, described = {}, {}
+    for name, r in results.items():
+        key = "accuracy" if name == "logistic" else f"accuracy_{name}"
+        values.update({key: r["accuracy"], f"{key}_se": r["accuracy_se"]})
+        described[key] = f"{r['classifier']}; fitted on {r['num_train']} {fitted_on}"
+    return values, described
+
+
 def _numpy(a):
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu()

@@ -1,6 +1,9 @@
-"""A number with its Monte-Carlo standard error and the name of the estimator behind it."""
+"""A number with its Monte-Carlo standard error and the name of the estimator behind it;
+the mean (:func:`mean_and_se`) and ratio (:func:`ratio_and_se`) estimators over datapoints."""
 
 import math
+
+import torch
 
 
 class Estimate(float):
@@ -53,3 +56,24 @@ def mean_and_se(terms, *, estimator="", **info) -> Estimate:
         num_points=n,
         **info,
     )
+
+
+def ratio_and_se(values, counts) -> tuple[float, float]:
+    r"""R = Σ_n v_n / Σ_n c_n (e.g. nats per token) and its standard error over datapoints,
+    by the delta method for a ratio of means (Cochran 1977, §6.4): with residuals
+    r_n = v_n − R c_n,
+
+    .. math::
+
+        \mathrm{se}(R) = \frac{\sqrt{N/(N-1)\,\sum_n r_n^2}}{\sum_n c_n}.
+
+    Long sentences have both more nats and more tokens; the residuals remove that shared
+    part, which a standard error of Σ v_n alone would count as noise.
+    """
+    values, counts = values.double(), torch.as_tensor(counts).double()
+    ratio = (values.sum() / counts.sum()).item()
+    n = values.shape[0]
+    if n < 2:
+        return ratio, math.nan
+    residuals = values - ratio * counts
+    return ratio, math.sqrt(n / (n - 1) * residuals.pow(2).sum().item()) / counts.sum().item()

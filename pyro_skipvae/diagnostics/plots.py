@@ -1,15 +1,21 @@
 """Pictures of a fitted model: latent embedding, reconstructions, prior samples, per-dimension
-KL and latent traversals. Each function takes tensors/arrays and returns a matplotlib
-``Figure``; :func:`save_figure` writes a PNG atomically.
+KL and latent traversals. Each ``plot_*`` function takes tensors/arrays and returns a
+matplotlib ``Figure``; :func:`save_figure` writes a PNG atomically. :func:`plot_diagnostics`
+draws all of them for one :func:`~pyro_skipvae.diagnostics.diagnose` result, decoding codes
+through the model with :func:`decode` and :func:`prior_sample`.
 
 matplotlib is imported when a figure is drawn, not when pyro_skipvae is imported, and its
 backend is left to the user (the ``skipvae`` command selects Agg).
 """
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from pyro import poutine
 
 from ..checkpoint import atomic_path
+from ..sites import LATENT_SITE, OBSERVED_SITE
 
 
 def _pyplot():
@@ -174,3 +180,124 @@ def save_figure(fig, path, *, dpi=110) -> None:
             fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------------- the PNGs of one diagnosis
+@torch.no_grad()
+def decode(model, z, x_like):
+    """What codes ``z`` of shape ``(n, D)`` look like: the mean of p(x | z), read from the
+    model's site ``"x"`` with ``z`` conditioned (``x_like``: any n datapoints of the right
+    shape). For an autoregressive decoder (``model.decoder.autoregressive``) that mean would
+    be teacher-forced on ``x_like`` and look right whatever z is, so x is *sampled* instead,
+    position by position (:meth:`~pyro_skipvae.models.Decoder.sample`)."""
+    decoder = getattr(model, "decoder", None)
+    if getattr(decoder, "autoregressive", False):
+        return decoder.sample(z, model.likelihood)
+    trace = poutine.trace(poutine.condition(model, data={LATENT_SITE: z})).get_trace(x_like)
+    return trace.nodes[OBSERVED_SITE]["fn"].mean
+
+
+@torch.no_grad()
+def prior_sample(model, x_like):
+    """z ~ p(z), one per row of ``x_like``, read from the model's site ``"z"``."""
+    trace = poutine.trace(poutine.block(model, hide=[OBSERVED_SITE])).get_trace(x_like)
+    return trace.nodes[LATENT_SITE]["fn"].sample()
+
+
+def plot_diagnostics(
+    model,
+    data,
+    result,
+    out_dir,
+    *,
+    labels=None,
+    embedding="tsne",
+    max_points=3000,
+    prefix="",
+    seed=0,
+) -> list[str]:
+    """Write the PNGs for a :func:`~pyro_skipvae.diagnostics.diagnose` result into
+    ``out_dir``; return their paths.
+
+    ``embedding.png`` (t-SNE or PCA of posterior means, coloured by label), and for image
+    data ``reconstructions.png``, ``samples.png`` (decoded prior samples),
+    ``traversals.png`` (the 8 dimensions with most KL, ±3 around one datapoint's code),
+    plus ``kl_per_dim.png``. Images are decoded by :func:`decode` (sampled, for
+    autoregressive decoders).
+    """
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    paths = []
+
+    def save(fig, name):
+        path = out_dir / f"{prefix}{name}"
+        save_figure(fig, path)
+        paths.append(str(path))
+
+    codes = result["codes"]
+    save(
+        plot_embedding(codes, labels, method=embedding, max_points=max_points, seed=seed),
+        "embedding.png",
+    )
+    if result["kl_per_dim"] is not None:
+        save(
+            plot_kl_per_dimension(
+                result["kl_per_dim"],
+                variances=result["posterior_mean_variance"],
+                threshold=result["metrics"]["au_threshold"],
+            ),
+            "kl_per_dim.png",
+        )
+    if is_image_shape(data.shape[1:]):
+        for name, fig in _image_figures(model, data, result):
+            save(fig, name)
+    return paths
+
+
+def _image_figures(model, data, result):
+    """``(file name, figure)`` of the reconstructions, prior samples and traversals."""
+    codes = result["codes"]
+    # Autoregressive decoders' pictures are draws, not means (see decode): say so.
+    drawn = getattr(getattr(model, "decoder", None), "autoregressive", False)
+    x = data[:20]
+    yield (
+        "reconstructions.png",
+        plot_reconstructions(
+            x,
+            decode(model, codes[:20], x),
+            title="Data and reconstructions (x ~ p(x|E[z|x]), drawn pixel by pixel)"
+            if drawn
+            else None,
+        ),
+    )
+    x_like = data[:30]
+    yield (
+        "samples.png",
+        plot_samples(
+            decode(model, prior_sample(model, x_like), x_like),
+            title="Samples from the prior (x ~ p(x|z), z ~ p(z), drawn pixel by pixel)"
+            if drawn
+            else None,
+        ),
+    )
+    kl = result["kl_per_dim"]
+    if kl is None:
+        kl = result["posterior_mean_variance"]
+    dims = torch.argsort(torch.as_tensor(kl), descending=True)[:8].tolist()
+    values = torch.linspace(-3, 3, 9)
+    z = codes[0].repeat(len(dims), len(values), 1)
+    for i, d in enumerate(dims):
+        z[i, :, d] = values.to(z.dtype)
+    flat = z.reshape(-1, z.shape[-1])
+    data_shape = tuple(data.shape[1:])
+    x_like = data[:1].expand(flat.shape[0], *data_shape)
+    images = decode(model, flat, x_like).reshape(len(dims), len(values), *data_shape)
+    yield (
+        "traversals.png",
+        plot_traversals(
+            images,
+            dims,
+            values.tolist(),
+            title="Latent traversals of the 8 dims with most KL (others at E[z|x_0])",
+        ),
+    )

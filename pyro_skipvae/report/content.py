@@ -4,7 +4,7 @@ their standard errors and estimators, and the per-epoch history. Formatting only
 import json
 import math
 
-from ..diagnostics.report import TABLE_ROWS
+from ..diagnostics.tables import TABLE_ROWS
 
 #: keys of ``config.json`` that say nothing about the run's result
 CONFIG_SKIP = {"format"}
@@ -98,7 +98,7 @@ def diagnostics_cell(metrics: dict, key: str) -> dict | None:
 def diagnostics_rows(named_metrics: list[tuple[str, dict | None]]) -> list[dict]:
     """Rows of the diagnostics table: ``{"key", "label", "unit", "cells", "estimator"}``.
 
-    The rows are :data:`pyro_skipvae.diagnostics.report.TABLE_ROWS` that at least one run
+    The rows are :data:`pyro_skipvae.diagnostics.tables.TABLE_ROWS` that at least one run
     has, except log N, which sits beside the MI. ``cells`` has one
     :func:`diagnostics_cell` per run (``None`` for a run without diagnostics or without the
     metric); ``estimator`` names how it was estimated, once if all runs agree, else per run.
