@@ -32,7 +32,7 @@ from .guides.encoders import Encoder
 from .infer import INFERENCES, Optimizer, distributed, kl_schedule, train
 from .infer.compile import check_training, compile_mode, compile_networks
 from .infer.elbos import build_elbo, check_inference
-from .infer.fit import prepare_data
+from .infer.fit import FitData, prepare_data
 from .infer.optim import LR_DECAYS, OPTIMIZERS
 from .models import DECODERS, LIKELIHOODS, PRIORS, Decoder, Likelihood, Model, Prior
 from .modes import evaluating
@@ -391,11 +391,23 @@ class SkipVAE:
         do) and ``val_ppl`` = exp(−Σ ELBO / Σ tokens) is recorded beside ``val_elbo``.
         """
         cfg = TrainConfig.from_options(options)
+        data = self._prepare(train_data, val, cfg)
+        # Each rank its own Monte-Carlo noise (the data order comes from the run's generator).
+        pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
+        inference = self._inference(cfg, sequences=data.sequences)
+        run = self._open_run(run_dir, cfg, inference.optim, run_info, resume=resume)
+        if not run.finished():
+            self._train(inference, data, run, cfg, progress=progress)
+        self.history = run.history
+        return self.history
+
+    def _prepare(self, train_data, val, cfg: TrainConfig) -> FitData:
+        """The data of a fit, checked and prepared for the loop (:func:`~.infer.fit.prepare_data`)."""
         if cfg.early_stopping_patience is not None and val is None:
             raise ConfigError(
                 "early_stopping_patience needs validation data (val=...), found val=None"
             )
-        data = prepare_data(
+        return prepare_data(
             train_data,
             val,
             self.model.likelihood,
@@ -404,35 +416,44 @@ class SkipVAE:
             eval_batch_size=cfg.eval_batch_size,
             device=self.device,
         )
-        # Each rank its own Monte-Carlo noise (the data order comes from the run's generator).
-        pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
-        inference = self._inference(cfg)
-        check_training(self.compiled, inference, sequences=data.sequences)
-        run = self._open_run(run_dir, cfg, inference.optim, run_info, resume=resume)
-        if not run.finished():
-            train(
-                inference,
-                data.train,
-                num_epochs=cfg.num_epochs,
-                batch_size=cfg.batch_size,
-                generator=run.generator,
-                start_epoch=len(run.history),
-                annealing=kl_schedule(cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_cycle_epochs),
-                evaluate=data.validation(inference, self.model, self.guide),
-                on_epoch_end=run.end_epoch,
-                device=self.device,
-                progress=progress,
-                **data.loop_options(),
-            )
-        self.history = run.history
-        return self.history
 
-    def _inference(self, cfg: TrainConfig):
-        """The inference object of a fit: named (built with our optimizer) or the user's own."""
+    def _train(self, inference, data: FitData, run: Run, cfg: TrainConfig, *, progress) -> None:
+        """The remaining epochs of the run (:func:`~.infer.fit.train`): the run is called back
+        after each epoch, and the validation set scored before it."""
+        train(
+            inference,
+            data.train,
+            num_epochs=cfg.num_epochs,
+            batch_size=cfg.batch_size,
+            generator=run.generator,
+            start_epoch=len(run.history),
+            annealing=kl_schedule(cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_cycle_epochs),
+            evaluate=data.validation(inference, self.model, self.guide),
+            on_epoch_end=run.end_epoch,
+            device=self.device,
+            progress=progress,
+            **data.loop_options(),
+        )
+
+    def _inference(self, cfg: TrainConfig, *, sequences: bool = False):
+        """The inference object of a fit: named (built with :meth:`_optimizer`) or the user's
+        own, checked against this model's compiled networks
+        (:func:`~.infer.compile.check_training`)."""
         elbo = build_elbo(cfg.elbo, num_particles=cfg.num_particles, options=cfg.elbo_options)
-        if not isinstance(cfg.inference, str):
-            return check_inference(cfg.inference)
-        optimizer = Optimizer(
+        if isinstance(cfg.inference, str):
+            options = dict(cfg.inference_options)
+            if cfg.inference == "semi-amortized":
+                options.setdefault("refine_batch_size", cfg.batch_size)
+            inference = INFERENCES.build(
+                cfg.inference, self.model, self.guide, self._optimizer(cfg), elbo, options=options
+            )
+        else:
+            inference = check_inference(cfg.inference)
+        check_training(self.compiled, inference, sequences=sequences)
+        return inference
+
+    def _optimizer(self, cfg: TrainConfig) -> Optimizer:
+        return Optimizer(
             self.parameters(),
             name=cfg.optimizer,
             learning_rate=cfg.learning_rate,
@@ -440,12 +461,6 @@ class SkipVAE:
             lr_decay=cfg.lr_decay,
             lr_decay_min_epochs=cfg.lr_decay_min_epochs,
             min_learning_rate=cfg.min_learning_rate,
-        )
-        options = dict(cfg.inference_options)
-        if cfg.inference == "semi-amortized":
-            options.setdefault("refine_batch_size", cfg.batch_size)
-        return INFERENCES.build(
-            cfg.inference, self.model, self.guide, optimizer, elbo, options=options
         )
 
     def _open_run(self, run_dir, cfg: TrainConfig, optimizer, run_info, *, resume) -> Run:
