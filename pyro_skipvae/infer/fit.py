@@ -119,26 +119,10 @@ def train(
             epoch_data = transform(data, generator) if transform else data
             epoch_batches = list(batches(generator))
             bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-            total, seen = 0.0, 0
-            for batch, index in enumerate(epoch_batches):
-                beta = annealing(epoch + batch / len(epoch_batches))
-                x = _to_device(collate(epoch_data, index), device)
-                # Data were validated once up front; Pyro's per-step argument checks would
-                # repeat that work on every step (a measurable share of a step's time).
-                with pyro.validation_enabled(False):
-                    loss = inference.step(x, size=size, beta=beta)
-                if not math.isfinite(loss):
-                    step = epoch * len(epoch_batches) + batch + 1
-                    raise NonFiniteLossError(
-                        f"loss is {loss} at step {step} (epoch {epoch + 1}, batch {batch + 1} "
-                        f"of {len(epoch_batches)}); training stopped, the last checkpoint is untouched"
-                    )
-                # loss ≈ −N · (per-datapoint objective); weight each batch by its size.
-                total += -loss / size * len(index)
-                seen += len(index)
-                bar.update()
-                if batch % 20 == 0:
-                    bar.set_postfix(elbo=f"{total / seen:.2f}", beta=f"{beta:.2f}")
+            steps = (collate(epoch_data, index) for index in epoch_batches)
+            total, beta = _epoch_steps(
+                inference, steps, epoch_batches, epoch, size, annealing, device, bar
+            )
             (total,) = distributed.sum_across_ranks(total)
             record = {"epoch": epoch + 1, "train_elbo": total / size, "beta": beta}
             if evaluate is not None:
@@ -281,6 +265,33 @@ class Validation:
 
 def _binarize_dynamic(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return binarize(x, "dynamic", generator)
+
+
+def _epoch_steps(inference, minibatches, batches, epoch, size, annealing, device, bar):
+    """One epoch's steps of :func:`train`: return the sum over its minibatches of
+    −loss / N · (minibatch size), whose total over the ranks divided by N is ``train_elbo``,
+    and the last step's β."""
+    total, seen = 0.0, 0
+    for batch, (index, x) in enumerate(zip(batches, minibatches, strict=True)):
+        beta = annealing(epoch + batch / len(batches))
+        x = _to_device(x, device)
+        # Data were validated once up front; Pyro's per-step argument checks would
+        # repeat that work on every step (a measurable share of a step's time).
+        with pyro.validation_enabled(False):
+            loss = inference.step(x, size=size, beta=beta)
+        if not math.isfinite(loss):
+            step = epoch * len(batches) + batch + 1
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {step} (epoch {epoch + 1}, batch {batch + 1} "
+                f"of {len(batches)}); training stopped, the last checkpoint is untouched"
+            )
+        # loss ≈ −N · (per-datapoint objective); weight each batch by its size.
+        total += -loss / size * len(index)
+        seen += len(index)
+        bar.update()
+        if batch % 20 == 0:
+            bar.set_postfix(elbo=f"{total / seen:.2f}", beta=f"{beta:.2f}")
+    return total, beta
 
 
 def _load_average() -> float:
