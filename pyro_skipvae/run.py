@@ -35,6 +35,7 @@ from pathlib import Path
 from . import checkpoint
 from .errors import CheckpointError, ConfigError
 from .infer import distributed
+from .infer.optim import Optimizer
 from .names import canonical_name
 
 logger = logging.getLogger(__name__)
@@ -159,12 +160,27 @@ class Run:
         :class:`~pyro_skipvae.infer.optim.Optimizer` or a :class:`pyro.optim.PyroOptim`).
     :param torch.Generator generator: the data-order generator.
     :param dict defaults: see :func:`config_differences`.
+    :param int patience: early stopping (:meth:`stalled`); default None: never.
+    :param float not_before: no early stop before this epoch (e.g. the end of KL warm-up).
     """
 
-    def __init__(self, path, config, *, model, guide, optimizer, generator, defaults=None):
+    def __init__(
+        self,
+        path,
+        config,
+        *,
+        model,
+        guide,
+        optimizer,
+        generator,
+        defaults=None,
+        patience=None,
+        not_before=0.0,
+    ):
         self.path = None if path is None else Path(path)
         self.config = config
         self.defaults = defaults
+        self.patience, self.not_before = patience, not_before
         self.model, self.guide = model, guide
         self.optimizer = optimizer
         self.generator = generator
@@ -250,6 +266,25 @@ class Run:
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
 
     # ------------------------------------------------------------------ each epoch
+    def finished(self) -> bool:
+        """Whether a resumed run has nothing left to train: its learning rate decayed below
+        the minimum, or it already stalled (early stopping)."""
+        exhausted = isinstance(self.optimizer, Optimizer) and self.optimizer.exhausted
+        return exhausted or self.stalled(self.patience, not_before=self.not_before)
+
+    def end_epoch(self, record: dict) -> bool:
+        """The training loop's ``on_epoch_end``: record and select the epoch, let our
+        optimizer decay its rate (``record["learning_rate"]`` is the rate this epoch used),
+        save, and return whether to stop (the rate fell below its minimum, or early stopping).
+        """
+        improved = self.select(record)
+        stop = False
+        if isinstance(self.optimizer, Optimizer):
+            record["learning_rate"] = self.optimizer.learning_rate
+            stop = self.optimizer.end_epoch(record["epoch"], improved)
+        self.save(improved=improved)
+        return stop or self.stalled(self.patience, not_before=self.not_before)
+
     def select(self, record: dict) -> bool:
         """Record an epoch; return whether it is the best so far (see the module docstring)."""
         self.history.append(record)

@@ -9,8 +9,6 @@
 >>> history[-1]["val_elbo"]                                              # doctest: +SKIP
 """
 
-import logging
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -27,31 +25,19 @@ from . import checkpoint, configs
 from .configs import component_name as _name
 from .configs import field_defaults as _defaults
 from .configs import plain as _plain
-from .data import binarize, prepare
-from .data.text import bucket_batches, length_order, trim_collate
+from .data import prepare
 from .diagnostics import diagnose, evaluate_elbo
-from .diagnostics.elbo import evaluation_batch_size
 from .errors import CheckpointError, ConfigError
 from .guides import ENCODERS, GUIDES
 from .guides.encoders import Encoder
-from .infer import (
-    ELBOS,
-    INFERENCES,
-    SVI,
-    Optimizer,
-    SemiAmortizedSVI,
-    distributed,
-    kl_schedule,
-    train,
-)
+from .infer import INFERENCES, Optimizer, distributed, kl_schedule, train
 from .infer.compile import check_training, compile_networks
-from .infer.elbos import PerDatapointBound, is_nonlinear
+from .infer.elbos import build_elbo, check_inference
+from .infer.fit import FitData, prepare_data
 from .models import DECODERS, LIKELIHOODS, PRIORS, Decoder, Likelihood, Model, Prior
 from .modes import evaluating
 from .run import BEST_FILE, CHECKPOINT_FORMAT, Run, load_weights, weights_state
 from .sites import LATENT_SITE, OBSERVED_SITE
-
-logger = logging.getLogger(__name__)
 
 #: names that moved to :mod:`pyro_skipvae.configs`; the old path warns (see ``__getattr__``)
 _MOVED = ("ModelConfig", "TrainConfig")
@@ -269,144 +255,71 @@ class SkipVAE:
         do) and ``val_ppl`` = exp(−Σ ELBO / Σ tokens) is recorded beside ``val_elbo``.
         """
         cfg = configs.TrainConfig.from_options(options)
+        data = self._prepare(train_data, val, cfg)
+        # Each rank its own Monte-Carlo noise (the data order comes from the run's generator).
+        pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
+        inference = self._inference(cfg, sequences=data.sequences)
+        run = self._open_run(run_dir, cfg, inference.optim, run_info, resume=resume)
+        if not run.finished():
+            self._train(inference, data, run, cfg, progress=progress)
+        self.history = run.history
+        return self.history
+
+    def _prepare(self, train_data, val, cfg: configs.TrainConfig) -> FitData:
+        """The data of a fit, checked and prepared for the loop (:func:`~.infer.fit.prepare_data`)."""
         if cfg.early_stopping_patience is not None and val is None:
             raise ConfigError(
                 "early_stopping_patience needs validation data (val=...), found val=None"
             )
-        likelihood = self.model.likelihood
-        train_data = prepare(
-            train_data, likelihood, binarization=cfg.binarize, name="training data", training=True
+        return prepare_data(
+            train_data,
+            val,
+            self.model.likelihood,
+            binarization=cfg.binarize,
+            batch_size=cfg.batch_size,
+            eval_batch_size=cfg.eval_batch_size,
+            device=self.device,
         )
-        lengths = likelihood.num_tokens(train_data)
-        val_tokens = None
-        if val is not None:
-            val = prepare(val, likelihood, binarization=cfg.binarize, name="validation data")
-            val_tokens = likelihood.num_tokens(val)
-            if val_tokens is not None:
-                val = val[length_order(val_tokens)]
-            # each rank scores its share; the means are combined over the ranks
-            val = distributed.shard(val).to(self.device)
-        world = distributed.world_size()
-        # Batches of the training batch size's multiples: a semi-amortized evaluation refines
-        # in minibatches of that size, and a smaller remainder would take larger steps.
-        eval_batch_size = evaluation_batch_size(
-            likelihood, cfg.eval_batch_size, multiple_of=cfg.batch_size
+
+    def _train(
+        self, inference, data: FitData, run: Run, cfg: configs.TrainConfig, *, progress
+    ) -> None:
+        """The remaining epochs of the run (:func:`~.infer.fit.train`): the run is called back
+        after each epoch, and the validation set scored before it."""
+        train(
+            inference,
+            data.train,
+            num_epochs=cfg.num_epochs,
+            batch_size=cfg.batch_size,
+            generator=run.generator,
+            start_epoch=len(run.history),
+            annealing=kl_schedule(cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_cycle_epochs),
+            evaluate=data.validation(inference, self.model, self.guide),
+            on_epoch_end=run.end_epoch,
+            device=self.device,
+            progress=progress,
+            **data.loop_options(),
         )
-        config = {
-            "format": CHECKPOINT_FORMAT,
-            "model": _plain(asdict(self.config)),
-            "train": cfg.to_json(),
-            "run": _plain(
-                {
-                    **(run_info or {}),
-                    "device": str(self.device),
-                    **({"world_size": world} if world > 1 else {}),
-                }
-            ),
-        }
-        # Same data order on every rank (the generator); each rank its own Monte-Carlo noise.
-        pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
-        generator = torch.Generator().manual_seed(cfg.seed)
-        inference = self._inference(cfg)
-        check_training(self.compiled, inference, sequences=lengths is not None)
-        optimizer = inference.optim
-        run = Run(
-            run_dir,
-            config,
-            model=self.model,
-            guide=self.guide,
-            optimizer=optimizer,
-            generator=generator,
-            defaults={
-                "model": _defaults(configs.ModelConfig),
-                "train": _defaults(configs.TrainConfig),
-            },
-        )
-        run.start(resume=resume)
-        distributed.broadcast_states(self.model, self.guide)
 
-        def evaluate():
-            if val is None:
-                return {}
-            if hasattr(inference, "evaluate_metrics"):
-                result = inference.evaluate_metrics(val, batch_size=eval_batch_size)
-            else:
-                with evaluating(self.model, self.guide):
-                    result = evaluate_elbo(self.model, self.guide, val, batch_size=eval_batch_size)
-                result = {"elbo": result["elbo"], "kl": result["kl"]}
-            result = distributed.mean_across_ranks(result, val.shape[0])
-            if val_tokens is not None:  # the whole validation set's tokens per sequence
-                tokens_per_point = val_tokens.sum().item() / val_tokens.shape[0]
-                for key in ("", "_amortized"):
-                    if f"elbo{key}" in result:
-                        result[f"ppl{key}"] = math.exp(-result[f"elbo{key}"] / tokens_per_point)
-            return result
-
-        patience = cfg.early_stopping_patience
-
-        def on_epoch_end(record):
-            improved = run.select(record)
-            stop = False
-            if isinstance(optimizer, Optimizer):
-                record["learning_rate"] = optimizer.learning_rate  # the rate this epoch used
-                stop = optimizer.end_epoch(record["epoch"], improved)
-            run.save(improved=improved)
-            return stop or run.stalled(patience, not_before=cfg.kl_warmup_epochs)
-
-        self.model.train()
-        self.guide.train()
-        exhausted = isinstance(optimizer, Optimizer) and optimizer.exhausted
-        if not (exhausted or run.stalled(patience, not_before=cfg.kl_warmup_epochs)):
-            train(
-                inference,
-                train_data,
-                num_epochs=cfg.num_epochs,
-                batch_size=cfg.batch_size,
-                generator=generator,
-                start_epoch=len(run.history),
-                annealing=kl_schedule(cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_cycle_epochs),
-                transform=None
-                if cfg.binarize != "dynamic"
-                else (lambda x, g: binarize(x, "dynamic", g)),
-                batches=None if lengths is None else bucket_batches(lengths, cfg.batch_size),
-                collate=None if lengths is None else trim_collate(lengths),
-                evaluate=evaluate,
-                on_epoch_end=on_epoch_end,
-                device=self.device,
-                progress=progress,
+    def _inference(self, cfg: configs.TrainConfig, *, sequences: bool = False):
+        """The inference object of a fit: named (built with :meth:`_optimizer`) or the user's
+        own, checked against this model's compiled networks
+        (:func:`~.infer.compile.check_training`)."""
+        elbo = build_elbo(cfg.elbo, num_particles=cfg.num_particles, options=cfg.elbo_options)
+        if isinstance(cfg.inference, str):
+            options = dict(cfg.inference_options)
+            if cfg.inference == "semi-amortized":
+                options.setdefault("refine_batch_size", cfg.batch_size)
+            inference = INFERENCES.build(
+                cfg.inference, self.model, self.guide, self._optimizer(cfg), elbo, options=options
             )
-        self.history = run.history
-        return self.history
+        else:
+            inference = check_inference(cfg.inference)
+        check_training(self.compiled, inference, sequences=sequences)
+        return inference
 
-    def _inference(self, cfg: configs.TrainConfig):
-        """The inference object of a fit: named (built with our optimizer) or the user's own."""
-        elbo = cfg.elbo
-        if isinstance(elbo, str):
-            elbo = ELBOS.build(
-                elbo, options={"num_particles": cfg.num_particles, **cfg.elbo_options}
-            )
-        elif is_nonlinear(elbo):
-            logger.info("wrapping %s so it is evaluated per datapoint", type(elbo).__name__)
-            elbo = PerDatapointBound(elbo)
-        if not isinstance(cfg.inference, str):
-            if is_nonlinear(getattr(cfg.inference, "loss", None)):
-                raise ConfigError(
-                    f"{type(cfg.inference.loss).__name__} is not linear in the log-weights, so under "
-                    "subsampling Pyro scales each datapoint's bound inside its log-sum-exp; wrap it "
-                    "as pyro_skipvae.infer.elbos.PerDatapointBound(...) (or pass elbo=... instead)"
-                )
-            if not hasattr(cfg.inference, "optim"):
-                raise ConfigError(
-                    "an inference object must have an `optim` attribute (its optimizer)"
-                )
-            if distributed.active() and not isinstance(cfg.inference, SVI | SemiAmortizedSVI):
-                raise ConfigError(
-                    f"data-parallel training needs an inference object that averages gradients "
-                    f"over the processes; {type(cfg.inference).__name__} does not (use "
-                    "pyro_skipvae.infer.SVI or SemiAmortizedSVI)"
-                )
-            return cfg.inference
-        optimizer = Optimizer(
+    def _optimizer(self, cfg: configs.TrainConfig) -> Optimizer:
+        return Optimizer(
             self.parameters(),
             name=cfg.optimizer,
             learning_rate=cfg.learning_rate,
@@ -415,12 +328,38 @@ class SkipVAE:
             lr_decay_min_epochs=cfg.lr_decay_min_epochs,
             min_learning_rate=cfg.min_learning_rate,
         )
-        options = dict(cfg.inference_options)
-        if cfg.inference == "semi-amortized":
-            options.setdefault("refine_batch_size", cfg.batch_size)
-        return INFERENCES.build(
-            cfg.inference, self.model, self.guide, optimizer, elbo, options=options
+
+    def _open_run(self, run_dir, cfg: configs.TrainConfig, optimizer, run_info, *, resume) -> Run:
+        """Start the run (write, or check and restore from, its folder), give every rank the
+        same weights and put the networks in training mode."""
+        world = distributed.world_size()
+        info = {**(run_info or {}), "device": str(self.device)}
+        config = {
+            "format": CHECKPOINT_FORMAT,
+            "model": _plain(asdict(self.config)),
+            "train": cfg.to_json(),
+            "run": _plain({**info, **({"world_size": world} if world > 1 else {})}),
+        }
+        run = Run(
+            run_dir,
+            config,
+            model=self.model,
+            guide=self.guide,
+            optimizer=optimizer,
+            # the same data order on every rank
+            generator=torch.Generator().manual_seed(cfg.seed),
+            defaults={
+                "model": _defaults(configs.ModelConfig),
+                "train": _defaults(configs.TrainConfig),
+            },
+            patience=cfg.early_stopping_patience,
+            not_before=cfg.kl_warmup_epochs,
         )
+        run.start(resume=resume)
+        distributed.broadcast_states(self.model, self.guide)
+        self.model.train()
+        self.guide.train()
+        return run
 
     # ------------------------------------------------------------------ using a fit
     def evaluate(

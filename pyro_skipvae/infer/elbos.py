@@ -21,6 +21,7 @@ attribute than the one it checks, so it traces the model again on every step
 (``benchmarks/results/elbos.md`` has the measurement).
 """
 
+import logging
 import weakref
 
 import torch
@@ -35,10 +36,13 @@ from pyro.infer import (
 
 from ..errors import ConfigError
 from ..registry import Registry
+from . import distributed
 from .free_bits import FreeBitsELBO
 from .semi_amortized import SemiAmortizedSVI
 from .svi import SVI
 from .trace_elbo import Trace_ELBO
+
+logger = logging.getLogger(__name__)
 
 
 class PerDatapointBound(ELBO):
@@ -261,3 +265,39 @@ def iwae_elbo(num_particles=5):
 INFERENCES = Registry("inference")
 INFERENCES.register("svi", SVI)  # pyro.infer.SVI, without a per-step gradient re-allocation
 INFERENCES.register("semi-amortized", SemiAmortizedSVI)  # Kim et al. 2018; options in its docstring
+
+
+def build_elbo(elbo, *, num_particles: int = 1, options: dict | None = None) -> ELBO:
+    """The ELBO a fit optimises: a name in :data:`ELBOS` built with ``num_particles`` and
+    ``options``, or the user's instance (a non-linear bound wrapped in
+    :class:`PerDatapointBound`, see the module docstring)."""
+    if isinstance(elbo, str):
+        return ELBOS.build(elbo, options={"num_particles": num_particles, **(options or {})})
+    if is_nonlinear(elbo):
+        logger.info("wrapping %s so it is evaluated per datapoint", type(elbo).__name__)
+        return PerDatapointBound(elbo)
+    return elbo
+
+
+def check_inference(inference):
+    """Return a user's inference object if the training loop and the run can use it.
+
+    :raises ConfigError: its loss is a bound that is wrong under subsampling (unwrapped
+        Rényi/IWAE), it has no ``optim`` (the run checkpoints it), or training is
+        data-parallel and it does not average gradients over the processes.
+    """
+    if is_nonlinear(getattr(inference, "loss", None)):
+        raise ConfigError(
+            f"{type(inference.loss).__name__} is not linear in the log-weights, so under "
+            "subsampling Pyro scales each datapoint's bound inside its log-sum-exp; wrap it "
+            "as pyro_skipvae.infer.elbos.PerDatapointBound(...) (or pass elbo=... instead)"
+        )
+    if not hasattr(inference, "optim"):
+        raise ConfigError("an inference object must have an `optim` attribute (its optimizer)")
+    if distributed.active() and not isinstance(inference, SVI | SemiAmortizedSVI):
+        raise ConfigError(
+            f"data-parallel training needs an inference object that averages gradients "
+            f"over the processes; {type(inference).__name__} does not (use "
+            "pyro_skipvae.infer.SVI or SemiAmortizedSVI)"
+        )
+    return inference

@@ -3,6 +3,11 @@
 ``inference`` may be :class:`pyro.infer.SVI` (any ELBO), :class:`SemiAmortizedSVI`, or any
 object whose ``step`` takes a minibatch plus the keyword arguments ``size`` (data-set size,
 for the plate) and ``beta`` (KL weight) and returns the loss as a float.
+
+Besides :func:`train`, the loop's inputs: :func:`prepare_data` turns a fit's data into
+:class:`FitData` (the training tensor with its batching, the validation set), whose
+:meth:`FitData.validation` is the loop's ``evaluate`` (a :class:`Validation`). The run
+(:class:`pyro_skipvae.run.Run`) supplies ``on_epoch_end``.
 """
 
 import logging
@@ -12,12 +17,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from ..data import binarize, prepare
+from ..data.text import bucket_batches, length_order, trim_collate
+from ..diagnostics.elbo import evaluate_elbo, evaluation_batch_size
 from ..errors import NonFiniteLossError
+from ..modes import evaluating
 from . import distributed
 from .annealing import LinearWarmup
 
@@ -109,26 +119,10 @@ def train(
             epoch_data = transform(data, generator) if transform else data
             epoch_batches = list(batches(generator))
             bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-            total, seen = 0.0, 0
-            for batch, index in enumerate(epoch_batches):
-                beta = annealing(epoch + batch / len(epoch_batches))
-                x = _to_device(collate(epoch_data, index), device)
-                # Data were validated once up front; Pyro's per-step argument checks would
-                # repeat that work on every step (a measurable share of a step's time).
-                with pyro.validation_enabled(False):
-                    loss = inference.step(x, size=size, beta=beta)
-                if not math.isfinite(loss):
-                    step = epoch * len(epoch_batches) + batch + 1
-                    raise NonFiniteLossError(
-                        f"loss is {loss} at step {step} (epoch {epoch + 1}, batch {batch + 1} "
-                        f"of {len(epoch_batches)}); training stopped, the last checkpoint is untouched"
-                    )
-                # loss ≈ −N · (per-datapoint objective); weight each batch by its size.
-                total += -loss / size * len(index)
-                seen += len(index)
-                bar.update()
-                if batch % 20 == 0:
-                    bar.set_postfix(elbo=f"{total / seen:.2f}", beta=f"{beta:.2f}")
+            steps = (collate(epoch_data, index) for index in epoch_batches)
+            total, beta = _epoch_steps(
+                inference, steps, epoch_batches, epoch, size, annealing, device, bar
+            )
             (total,) = distributed.sum_across_ranks(total)
             record = {"epoch": epoch + 1, "train_elbo": total / size, "beta": beta}
             if evaluate is not None:
@@ -151,6 +145,153 @@ def train(
     finally:
         bar.close()
     return records
+
+
+@dataclass
+class FitData:
+    """A fit's data as the loop consumes them (made by :func:`prepare_data`).
+
+    :ivar train: the training data, on the CPU (minibatches move to the device).
+    :ivar val: this rank's share of the validation data on the device, or None.
+    :ivar lengths: tokens per training sequence for a likelihood that counts tokens (padded
+        text), else None; ``val_tokens`` likewise for the whole validation set.
+    :ivar int eval_batch_size: minibatch size of validation.
+    """
+
+    train: torch.Tensor
+    val: torch.Tensor | None
+    lengths: torch.Tensor | None
+    val_tokens: torch.Tensor | None
+    binarization: str
+    batch_size: int
+    eval_batch_size: int
+
+    @property
+    def sequences(self) -> bool:
+        return self.lengths is not None
+
+    def loop_options(self) -> dict:
+        """The ``transform``, ``batches`` and ``collate`` of :func:`train`: dynamic
+        binarisation afresh each epoch; for sequences, minibatches of similar length trimmed
+        to their longest sequence (:func:`~pyro_skipvae.data.text.bucket_batches`)."""
+        sequences = self.lengths is not None
+        return {
+            "transform": _binarize_dynamic if self.binarization == "dynamic" else None,
+            "batches": bucket_batches(self.lengths, self.batch_size) if sequences else None,
+            "collate": trim_collate(self.lengths) if sequences else None,
+        }
+
+    def validation(self, inference, model, guide) -> "Validation | None":
+        """The loop's ``evaluate``, or None without validation data."""
+        if self.val is None:
+            return None
+        return Validation(
+            inference,
+            model,
+            guide,
+            self.val,
+            batch_size=self.eval_batch_size,
+            tokens=self.val_tokens,
+        )
+
+
+def prepare_data(
+    train: torch.Tensor,
+    val: torch.Tensor | None,
+    likelihood,
+    *,
+    binarization: str,
+    batch_size: int,
+    eval_batch_size: int,
+    device=None,
+) -> FitData:
+    """Check and prepare a fit's data (:func:`~pyro_skipvae.data.prepare`).
+
+    Validation data are binarised once, sorted by length for sequences (their means do not
+    depend on the order; a semi-amortized run's refinement minibatches then hold sentences of
+    similar length, as the authors' do), split between the ranks of a data-parallel run and
+    moved to ``device``. Validation minibatches are multiples of the training ``batch_size``:
+    a semi-amortized evaluation refines in minibatches of that size, and a smaller remainder
+    would take larger steps (:func:`~pyro_skipvae.diagnostics.elbo.evaluation_batch_size`).
+
+    :raises DataError: data of the wrong shape, non-finite, or outside the likelihood's support.
+    """
+    train = prepare(
+        train, likelihood, binarization=binarization, name="training data", training=True
+    )
+    lengths, val_tokens = likelihood.num_tokens(train), None
+    if val is not None:
+        val = prepare(val, likelihood, binarization=binarization, name="validation data")
+        val_tokens = likelihood.num_tokens(val)
+        if val_tokens is not None:
+            val = val[length_order(val_tokens)]
+        # each rank scores its share; the means are combined over the ranks
+        val = distributed.shard(val).to(device)
+    eval_batch_size = evaluation_batch_size(likelihood, eval_batch_size, multiple_of=batch_size)
+    return FitData(train, val, lengths, val_tokens, binarization, batch_size, eval_batch_size)
+
+
+class Validation:
+    """Score the validation set after each epoch (the loop's ``evaluate``).
+
+    The inference object's own ``evaluate_metrics`` if it has one (a semi-amortized run's
+    refined bound beside the amortized one), else the amortized ``elbo`` and ``kl``
+    (:func:`~pyro_skipvae.diagnostics.evaluate_elbo`, in ``eval()`` mode); means over the
+    ranks of a data-parallel run. For sequences, ``ppl`` = exp(−Σ ELBO / Σ tokens) (and
+    ``ppl_amortized``), with the whole validation set's tokens per sequence.
+    """
+
+    def __init__(self, inference, model, guide, data, *, batch_size, tokens=None):
+        self.inference, self.model, self.guide = inference, model, guide
+        self.data, self.batch_size, self.tokens = data, batch_size, tokens
+
+    def __call__(self) -> dict:
+        if hasattr(self.inference, "evaluate_metrics"):
+            result = self.inference.evaluate_metrics(self.data, batch_size=self.batch_size)
+        else:
+            with evaluating(self.model, self.guide):
+                result = evaluate_elbo(
+                    self.model, self.guide, self.data, batch_size=self.batch_size
+                )
+            result = {"elbo": result["elbo"], "kl": result["kl"]}
+        result = distributed.mean_across_ranks(result, self.data.shape[0])
+        if self.tokens is not None:
+            tokens_per_point = self.tokens.sum().item() / self.tokens.shape[0]
+            for key in ("", "_amortized"):
+                if f"elbo{key}" in result:
+                    result[f"ppl{key}"] = math.exp(-result[f"elbo{key}"] / tokens_per_point)
+        return result
+
+
+def _binarize_dynamic(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return binarize(x, "dynamic", generator)
+
+
+def _epoch_steps(inference, minibatches, batches, epoch, size, annealing, device, bar):
+    """One epoch's steps of :func:`train`: return the sum over its minibatches of
+    −loss / N · (minibatch size), whose total over the ranks divided by N is ``train_elbo``,
+    and the last step's β."""
+    total, seen = 0.0, 0
+    for batch, (index, x) in enumerate(zip(batches, minibatches, strict=True)):
+        beta = annealing(epoch + batch / len(batches))
+        x = _to_device(x, device)
+        # Data were validated once up front; Pyro's per-step argument checks would
+        # repeat that work on every step (a measurable share of a step's time).
+        with pyro.validation_enabled(False):
+            loss = inference.step(x, size=size, beta=beta)
+        if not math.isfinite(loss):
+            step = epoch * len(batches) + batch + 1
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {step} (epoch {epoch + 1}, batch {batch + 1} "
+                f"of {len(batches)}); training stopped, the last checkpoint is untouched"
+            )
+        # loss ≈ −N · (per-datapoint objective); weight each batch by its size.
+        total += -loss / size * len(index)
+        seen += len(index)
+        bar.update()
+        if batch % 20 == 0:
+            bar.set_postfix(elbo=f"{total / seen:.2f}", beta=f"{beta:.2f}")
+    return total, beta
 
 
 def _load_average() -> float:
