@@ -101,6 +101,13 @@ MUTATION_TESTS = {
         "test_text",
         "test_pixelcnn",
         "test_behaviour",
+        "test_evaluation",
+    ],
+    "pyro_skipvae.diagnostics.latent": [
+        "test_diagnostics",
+        "test_estimators",
+        "test_properties",
+        "test_diagnose_tables",
     ],
     "pyro_skipvae.diagnostics.estimate": [
         "test_diagnostics",

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pyro_skipvae import ConfigError, SkipVAE
 from pyro_skipvae.data import load_dataset
 from pyro_skipvae.infer import ELBOS, SVI, Optimizer, SemiAmortizedSVI
-from pyro_skipvae.infer.compile import check_training, compile_mode
+from pyro_skipvae.infer.compile import _cloning, check_training, compile_mode
 
 # Compiling reorders float32 reductions and fuses kernels; it does not change the maths. A
 # summed log-likelihood of D terms then differs by about sqrt(D) ulps of its terms (1e-6
@@ -195,3 +195,20 @@ def test_cli_fit_takes_compile_with_or_without_a_mode(data_dir, tmp_path):
         assert json.loads((out / "config.json").read_text())["model"]["compile"] == stored
     result = runner.invoke(cli, [*common, "--compile", "fastest", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "'fastest' is not one of" in result.output
+
+
+def test_cuda_graph_outputs_are_cloned_so_a_replay_cannot_overwrite_them():
+    """Under the CUDA-graph modes every tensor a compiled network returns is cloned (a
+    replay writes its outputs into the same memory); other values pass through. Checked on
+    the wrapper itself, since CUDA graphs need a GPU."""
+    shared = torch.arange(3.0)
+
+    def network(x, *, scale):
+        return {"loc": shared, "pair": (shared * scale, "tag")}, 7
+
+    out, seven = _cloning(network)(None, scale=2.0)
+    assert seven == 7 and out["pair"][1] == "tag"
+    assert torch.equal(out["loc"], shared) and out["loc"].data_ptr() != shared.data_ptr()
+    assert torch.equal(out["pair"][0], 2 * shared)
+    shared += 1  # what a replay does to its output buffer
+    assert torch.equal(out["loc"], torch.arange(3.0))
