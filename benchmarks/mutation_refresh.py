@@ -19,10 +19,9 @@ import json
 import os
 import re
 import subprocess
-from collections import Counter, defaultdict
 
 from mutation import EQUIVALENT, KILLED, RESULTS, ROOT, _version, diff_line, verdicts
-from mutation_report import _short, module_of
+from mutation_report import _short, count_per_module, module_of, module_table
 
 #: why a survivor survives the CPU suite, by the shape of its change (first match wins)
 WHY = [
@@ -78,15 +77,7 @@ def main(argv=None):
     named = set(args.modules)
     status = {n: s for n, s in status.items() if module_of(n) in named}
     unchecked = sorted(n for n, s in status.items() if s == "not checked")
-    per_module = defaultdict(Counter)
-    for name, s in status.items():
-        if s == "not checked":
-            kind = "not checked"
-        elif s in KILLED:
-            kind = "killed"
-        else:
-            kind = "equivalent" if name in equivalent else "survived"
-        per_module[module_of(name)][kind] += 1
+    per_module = count_per_module(status, equivalent, apart=("not checked",))
     missing = sorted(named - set(per_module))
     if missing:
         raise SystemExit(f"no mutants of {missing} in mutants/: did the run name them?")
@@ -143,15 +134,8 @@ def main(argv=None):
         )
         + ").",
         "",
-        "| module | mutants | killed | survived | equivalent | not checked | score |",
-        "|---|---|---|---|---|---|---|",
+        *module_table(per_module, apart=("not checked",)),
     ]
-    for module, c in sorted(per_module.items()):
-        score = c["killed"] / max(c["killed"] + c["survived"], 1)
-        lines.append(
-            f"| `{_short(module)}` | {sum(c.values())} | {c['killed']} | {c['survived']} | "
-            f"{c['equivalent']} | {c['not checked']} | {score:.3f} |"
-        )
     lines += ["", "## Every mutant no test kills", "", "| mutant | change | status | why |"]
     lines.append("|---|---|---|---|")
     for name in sorted(n for n, s in status.items() if s not in KILLED | {"not checked"}):

@@ -62,6 +62,35 @@ def _short(name):
     return name.removeprefix("pyro_skipvae.")
 
 
+def count_per_module(status, equivalent, *, apart=()):
+    """``{module: Counter}`` of killed / survived / equivalent mutants; statuses in ``apart``
+    (e.g. "not checked" in a stopped run) are counted under their own name instead."""
+    per_module = defaultdict(Counter)
+    for name, s in status.items():
+        if s in apart:
+            kind = s
+        elif s in KILLED:
+            kind = "killed"
+        else:
+            kind = "equivalent" if name in equivalent else "survived"
+        per_module[module_of(name)][kind] += 1
+    return per_module
+
+
+def module_table(per_module, *, apart=()) -> list[str]:
+    """The per-module score table (score = killed / (killed + survived)), as Markdown lines."""
+    columns = ["killed", "survived", "equivalent", *apart]
+    lines = [
+        "| module | mutants | " + " | ".join(columns) + " | score |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
+    for module, c in sorted(per_module.items()):
+        score = c["killed"] / max(c["killed"] + c["survived"], 1)
+        counts = " | ".join(str(c[k]) for k in columns)
+        lines.append(f"| `{_short(module)}` | {sum(c.values())} | {counts} | {score:.3f} |")
+    return lines
+
+
 def _score_row(label, run):
     total = run["killed"] + run["survived"] + run["equivalent"]
     return (
@@ -116,22 +145,7 @@ def main():
             lines.append(_score_row(f"{label}, tests of {run['commit']}{note}", run))
     lines += ["", f"Wall time of the latest run: {record['wall_seconds'] / 60:.0f} min.", ""]
 
-    per_module = defaultdict(Counter)
-    for name, s in status.items():
-        kind = "killed" if s in KILLED else "equivalent" if name in equivalent else "survived"
-        per_module[module_of(name)][kind] += 1
-    lines += [
-        "## Per module, now",
-        "",
-        "| module | mutants | killed | survived | equivalent | score |",
-        "|---|---|---|---|---|---|",
-    ]
-    for module, c in sorted(per_module.items()):
-        score = c["killed"] / max(c["killed"] + c["survived"], 1)
-        lines.append(
-            f"| `{_short(module)}` | {sum(c.values())} | {c['killed']} | {c['survived']} | "
-            f"{c['equivalent']} | {score:.3f} |"
-        )
+    lines += ["## Per module, now", "", *module_table(count_per_module(status, equivalent))]
 
     lines += ["", "## Every mutant no test kills now", "", "| mutant | change | status | why |"]
     lines.append("|---|---|---|---|")

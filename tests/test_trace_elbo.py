@@ -49,8 +49,8 @@ def assert_same(ours, pyros):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("num_particles", [1, 3])
-def test_equals_pyros_trace_elbo_on_the_skip_vae(mnist, float64, num_particles):
+def skip_vae_batch(mnist, num_particles):
+    """A small skip-VAE, 20 binarised MNIST images and the ELBO options for its particles."""
     vae = SkipVAE(mnist.data_shape, latent_dim=4, hidden_dims=(16, 16), seed=0)
     x = (mnist.train[:20] > 0.5).double()
     kwargs = {
@@ -58,6 +58,12 @@ def test_equals_pyros_trace_elbo_on_the_skip_vae(mnist, float64, num_particles):
         "vectorize_particles": num_particles > 1,
         "max_plate_nesting": 1,
     }
+    return vae, x, kwargs
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+def test_equals_pyros_trace_elbo_on_the_skip_vae(mnist, float64, num_particles):
+    vae, x, kwargs = skip_vae_batch(mnist, num_particles)
     results = [
         loss_and_grads(elbo, vae.model, vae.guide, vae.parameters, x, size=1000, beta=0.5)
         for elbo in (Trace_ELBO(**kwargs), pyro.infer.Trace_ELBO(**kwargs))
@@ -103,13 +109,7 @@ def test_mean_field_equals_pyros_on_the_skip_vae(mnist, float64, num_particles):
     gradients on the same draws, analytic KL included."""
     from pyro_skipvae.infer.trace_elbo import TraceMeanField_ELBO
 
-    vae = SkipVAE(mnist.data_shape, latent_dim=4, hidden_dims=(16, 16), seed=0)
-    x = (mnist.train[:20] > 0.5).double()
-    kwargs = {
-        "num_particles": num_particles,
-        "vectorize_particles": num_particles > 1,
-        "max_plate_nesting": 1,
-    }
+    vae, x, kwargs = skip_vae_batch(mnist, num_particles)
     results = [
         loss_and_grads(elbo, vae.model, vae.guide, vae.parameters, x, size=1000, beta=0.5)
         for elbo in (TraceMeanField_ELBO(**kwargs), pyro.infer.TraceMeanField_ELBO(**kwargs))
