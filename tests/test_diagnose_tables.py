@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+import time
 
 import pyro
 import pyro.distributions as dist
@@ -626,3 +627,179 @@ def test_the_package_itself_never_imports_the_old_module():
         "pyro_skipvae.cli.main; assert 'pyro_skipvae.diagnostics.report' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- what each metric reports
+def exact_posterior_guide(W, b, sigma):
+    """The exact posterior of the linear-Gaussian model, q(z|x) = N(Σ Wᵀ(x − b)/σ², Σ) with
+    Σ = (I + WᵀW/σ²)⁻¹: a full-covariance MultivariateNormal (not one whose stored chunks
+    Posteriors can re-cut). Every importance weight p(x, z)/q(z|x) then equals p(x)."""
+    cov = torch.linalg.inv(torch.eye(W.shape[1]) + W.T @ W / sigma**2)
+
+    def guide(x, **kwargs):
+        with data_plate(x):
+            loc = (x - b) @ W @ cov / sigma**2
+            return pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=cov))
+
+    return guide
+
+
+def exact_nll(x, W, b, sigma):
+    """−log p(x) of the linear-Gaussian model: x ~ N(b, W Wᵀ + σ² I) (closed form)."""
+    cov = W @ W.T + sigma**2 * torch.eye(W.shape[0])
+    return -dist.MultivariateNormal(b, cov).log_prob(x)
+
+
+def test_every_reported_number_is_a_finite_number_and_every_estimator_is_described(pair):
+    """diagnostics.json holds numbers, not placeholders: each metric's standard errors,
+    Monte-Carlo parts and k̂ summaries are finite floats, and each reported metric names its
+    estimator."""
+    model, guide, x, x_train = pair
+    labels = torch.arange(12) % 2
+    m = diagnose(model, guide, x, labels=labels, train_data=x_train, train_labels=labels[:10],
+                 num_samples=200, nll_size=8, mi_batch_size=4,
+                 num_tokens=torch.full((12,), 3))["metrics"]  # fmt: skip
+    for key in (
+        "elbo", "elbo_se", "kl", "kl_se", "mi", "mi_se", "mi_mc_se", "agg_kl", "agg_kl_se",
+        "agg_kl_mc_se", "mi_minibatch", "mi_minibatch_se", "nll", "nll_se", "nll_mc_se",
+        "pareto_k_share_above", "pareto_k_share_above_0_5", "pareto_k_max", "ppl_bound",
+        "iw_ppl", "accuracy", "accuracy_knn",
+    ):  # fmt: skip
+        assert isinstance(m[key], float) and math.isfinite(m[key]), key
+    assert m["mi_minibatch_cap"] == pytest.approx(math.log(4))
+    assert 0.0 <= m["pareto_k_share_above_0_5"] <= 1.0 and m["nll_num_points"] == 8
+    assert isinstance(m["pareto_warning"], (str, type(None)))  # None: no warning
+    described = {
+        "elbo": "minus the KL below",
+        "kl": "KL(q(z|x)||p(z))",
+        "mi": "ceiling log N",
+        "agg_kl": "same mixture and draws as mi",
+        "mi_minibatch": "capped at log 4",
+        "au": "Burda",
+        "nll": "Pareto k-hat",
+        "ppl_bound": "not BOS",
+        "iw_ppl": "Σ IW-NLL / Σ tokens",
+        "accuracy": "fitted on 10 training points",
+    }
+    for key, words in described.items():
+        assert words in m["estimators"][key], key
+
+
+def test_per_dimension_lists_are_the_tensors_rounded_to_six_decimals(pair):
+    """The JSON lists (kl_per_dim, posterior_mean_variance) round to 10⁻⁶ for compactness;
+    the tensors beside them keep full precision."""
+    model, guide, x, _ = pair
+    result = diagnose(model, guide, x, num_samples=0)
+    m = result["metrics"]
+    for key, tensor in (
+        ("kl_per_dim", result["kl_per_dim"]),
+        ("posterior_mean_variance", result["posterior_mean_variance"]),
+    ):
+        values = m[key]
+        assert len(values) == 2 and all(isinstance(v, float) for v in values), key
+        assert values == pytest.approx(tensor.tolist(), abs=5e-7), key
+        assert all(round(v, 6) == v for v in values), key
+        assert any(round(v, 5) != v for v in values), key  # not rounded coarser
+
+
+def test_a_unit_is_active_only_strictly_above_the_threshold(pair):
+    """AU counts Var_x E_q[z_d|x] > δ: a dimension whose variance equals δ is not active."""
+    model, guide, x, _ = pair
+    variances = diagnose(model, guide, x, num_samples=0)["posterior_mean_variance"]
+    low, high = sorted(variances.tolist())
+    assert diagnose(model, guide, x, num_samples=0, au_threshold=low)["metrics"]["au"] == 1
+    assert diagnose(model, guide, x, num_samples=0, au_threshold=high)["metrics"]["au"] == 0
+
+
+def test_the_nll_subset_depends_only_on_the_seed_and_its_size(pair):
+    """nll_size points drawn without replacement by a generator seeded with ``seed``: the
+    same rows whatever else the diagnosis computes (so runs diagnosed with different options
+    are scored on the same images), other rows for another seed."""
+    model, guide, x, _ = pair
+
+    def scored_rows(**options):
+        per = diagnose(model, guide, x, num_samples=5, nll_size=5, **options)["per_datapoint"]
+        return (~torch.isnan(per["nll"])).nonzero().flatten()
+
+    rows = scored_rows(seed=3)
+    expected = torch.randperm(12, generator=torch.Generator().manual_seed(3))[:5].sort().values
+    assert torch.equal(rows, expected)
+    assert torch.equal(scored_rows(seed=3, mi_num_samples=5, mi_batch_size=0), rows)
+    only_nll = {"nll": diagnosis.METRICS["nll"]}
+    assert torch.equal(scored_rows(seed=3, metrics=only_nll), rows)
+    assert not torch.equal(scored_rows(seed=4), rows)
+
+
+def test_the_nll_subset_of_a_guide_that_cannot_be_re_cut_is_encoded_again(float64):
+    """A guide whose stored q cannot be re-cut (a MultivariateNormal) scores its subset by
+    encoding those rows again. With the exact posterior as proposal every weight is p(x), so
+    the IW-NLL of each scored row is the closed-form −log p(x) (up to rounding)."""
+    g = torch.Generator().manual_seed(0)
+    W, b, sigma = torch.randn(3, 2, generator=g), torch.tensor([0.5, 0.0, -1.0]), 0.5
+    x = torch.randn(12, 3, generator=g)
+    model, guide = linear_model(W, b, sigma), exact_posterior_guide(W, b, sigma)
+    result = diagnose(model, guide, x, num_samples=4, nll_size=5, seed=1,
+                      metrics={"nll": diagnosis.METRICS["nll"]})  # fmt: skip
+    per = result["per_datapoint"]
+    rows = torch.randperm(12, generator=torch.Generator().manual_seed(1))[:5].sort().values
+    assert torch.equal((~torch.isnan(per["nll"])).nonzero().flatten(), rows)
+    assert torch.allclose(per["nll"][rows], exact_nll(x[rows], W, b, sigma), atol=1e-9)
+    assert result["metrics"]["nll_num_points"] == 5
+
+
+def test_per_datapoint_values_of_an_nll_subset_keep_their_shape_and_dtype():
+    """The rows outside the subset are NaN; the (N, K) log-weights keep their K columns and
+    each tensor its dtype (the IW-NLL's are double even in single precision)."""
+    g = torch.Generator().manual_seed(0)
+    model = linear_model(torch.randn(3, 2, generator=g), torch.zeros(3), 0.5)
+    guide = linear_guide(torch.randn(2, 3, generator=g), torch.zeros(2), torch.tensor([0.5, 0.8]))
+    x = torch.randn(12, 3, generator=g)
+    per = diagnose(model, guide, x, num_samples=100, nll_size=4,
+                   keep_log_weights=True)["per_datapoint"]  # fmt: skip
+    full = diagnose(model, guide, x, num_samples=100, keep_log_weights=True)["per_datapoint"]
+    assert per["log_weights"].shape == (12, 100)
+    assert int(torch.isnan(per["log_weights"]).all(-1).sum()) == 8
+    assert per["nll"].dtype == torch.float64
+    for key in ("nll", "pareto_k", "ess", "nll_mc_var", "log_weights"):
+        assert per[key].dtype == full[key].dtype, key
+        assert int(torch.isnan(per[key].reshape(12, -1)).all(-1).sum()) == 8, key
+
+
+def test_accuracy_needs_both_the_training_data_and_their_labels(pair):
+    """Labels of the evaluated data alone are kept per datapoint; without training labels
+    (or training data) no classifier is fitted and nothing fails."""
+    model, guide, x, x_train = pair
+    labels = torch.arange(12) % 2
+    for train in ({"train_data": x_train}, {"train_labels": labels[:10]}):
+        result = diagnose(model, guide, x, labels=labels, num_samples=0, **train)
+        m = result["metrics"]
+        assert "accuracy" not in m and "accuracy" not in m["seconds"]
+        assert result["per_datapoint"]["label"] is labels
+
+
+def test_progress_shows_a_bar_for_each_long_pass(pair, capsys):
+    """progress=True: bars for encoding the data, the subset and the classifiers' training
+    data, the mixture q(z) pass and the IW-NLL; progress=False: none."""
+    model, guide, x, x_train = pair
+    labels = torch.arange(12) % 2
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    reference = exact_posterior_guide(W, torch.zeros(3), 0.5)
+    for guide_ in (guide, reference):  # the second encodes its nll subset again
+        diagnose(model, guide_, x, labels=labels, train_data=x_train, train_labels=labels[:10],
+                 num_samples=3, nll_size=6, mi_batch_size=0, chunk_size=4,
+                 progress=True, classifiers=["knn"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert "mixture q(z)" in err and "IW-NLL (K=3)" in err
+        assert err.count("encode:   0%") == (2 if guide_ is guide else 3)
+    diagnose(model, guide, x, num_samples=3, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_seconds_are_wall_times_to_the_hundredth(pair):
+    model, guide, x, _ = pair
+    tic = time.perf_counter()
+    seconds = diagnose(model, guide, x, num_samples=3)["metrics"]["seconds"]
+    elapsed = time.perf_counter() - tic
+    assert set(seconds) == {"encode", "elbo_kl", "mi_agg_kl", "nll"}
+    assert all(round(v, 2) == v and v >= 0 for v in seconds.values())
+    assert sum(seconds.values()) <= elapsed + 0.05

@@ -111,3 +111,105 @@ def test_check_inference_needs_an_optimizer():
     inference = stub_inference({})
     inference.optim = None
     assert check_inference(inference) is inference
+
+
+class ModeRecorder(torch.nn.Module):
+    """A module that records whether it was in training mode each time it was called."""
+
+    def __init__(self):
+        super().__init__()
+        self.dropout = torch.nn.Dropout(0.5)
+        self.seen = []
+
+    def forward(self, *args, **kwargs):
+        self.seen.append((self.training, self.dropout.training))
+
+
+def test_validation_of_an_amortized_fit_scores_the_elbo_and_kl_in_eval_mode(monkeypatch):
+    """Without the inference's own evaluate_metrics: evaluate_elbo on the validation data at
+    the evaluation batch size, model and guide in eval() mode meanwhile (restored after),
+    reporting exactly elbo and kl."""
+    from pyro_skipvae.infer import fit
+
+    model, guide, data = ModeRecorder(), ModeRecorder(), torch.zeros(6, 2)
+    calls = []
+
+    def fake_evaluate_elbo(m, g, x, *, batch_size):
+        calls.append((m, g, x, batch_size))
+        m(), g()
+        return {"elbo": -12.5, "kl": 3.25, "recon": -9.25}
+
+    monkeypatch.setattr(fit, "evaluate_elbo", fake_evaluate_elbo)
+    result = Validation(object(), model, guide, data, batch_size=4)()
+    assert result == {"elbo": -12.5, "kl": 3.25}
+    assert len(calls) == 1
+    m, g, x, batch_size = calls[0]
+    assert m is model and g is guide and x is data and batch_size == 4
+    assert model.seen == [(False, False)] and guide.seen == [(False, False)]
+    assert model.training and guide.training and model.dropout.training
+
+
+def padded(rows, width):
+    """Synthetic token sequences (ids ≥ 4, then pad id 0 up to ``width``)."""
+    out = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, n in enumerate(rows):
+        out[i, :n] = torch.arange(4, 4 + n)
+    return out
+
+
+def test_prepare_data_for_sequences_batches_by_length_and_trims_the_padding():
+    likelihood = LIKELIHOODS.build("categorical", (9,), num_categories=20, pad_index=0)
+    lengths = [2, 9, 3, 8, 2, 9, 3, 8]
+    train, val = padded(lengths, 9), padded([5, 2, 7], 9)
+    data = prepare_data(
+        train, val, likelihood, binarization="none", batch_size=2, eval_batch_size=4
+    )
+    assert data.sequences and data.lengths.tolist() == lengths
+    assert data.val_tokens.sum() == 14 and data.val.shape == (3, 9)
+    options = data.loop_options()
+    assert options["transform"] is None
+    epoch = options["batches"](torch.Generator().manual_seed(0))
+    # sentences of equal length share a minibatch, in a random order of minibatches
+    assert sorted(sorted(data.lengths[b].tolist()) for b in epoch) == [
+        [2, 2],
+        [3, 3],
+        [8, 8],
+        [9, 9],
+    ]
+    for index in epoch:
+        x = options["collate"](train, index)
+        assert x.shape == (2, int(data.lengths[index].max()))
+        assert torch.equal(x, train[index][:, : x.shape[1]])
+    inference, model, guide = stub_inference({"elbo": -10.0}), object(), object()
+    validation = data.validation(inference, model, guide)
+    assert validation.inference is inference and validation.model is model
+    assert validation.guide is guide and validation.data is data.val
+    assert validation.tokens is data.val_tokens and validation.batch_size == 4
+    # the whole validation set's tokens: 14 over 3 sentences
+    assert validation()["ppl"] == pytest.approx(math.exp(10.0 / (14 / 3)))
+
+
+@pytest.mark.parametrize("binarization", ["threshold", "none"])
+def test_only_dynamic_binarisation_transforms_each_epoch(binarization):
+    likelihood = LIKELIHOODS.build("bernoulli", (1, 2, 2))
+    x = torch.tensor([0.0, 1.0, 0.0, 1.0]).reshape(1, 1, 2, 2).expand(4, 1, 2, 2)
+    data = prepare_data(
+        x, None, likelihood, binarization=binarization, batch_size=2, eval_batch_size=4
+    )
+    assert data.loop_options()["transform"] is None
+
+
+def test_dynamic_binarisation_draws_from_the_loop_generator_alone():
+    """A resumed run restores the loop's generator: the epoch's binarisation must come from
+    it, not from the global RNG."""
+    likelihood = LIKELIHOODS.build("bernoulli", (1, 4, 4))
+    # synthetic intensities in [0, 1] (a reproducibility check, not a data set)
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    transform = prepare_data(
+        x, None, likelihood, binarization="dynamic", batch_size=2, eval_batch_size=4
+    ).loop_options()["transform"]
+    torch.manual_seed(0)
+    first = transform(x, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    assert torch.equal(transform(x, torch.Generator().manual_seed(5)), first)
+    assert not torch.equal(transform(x, torch.Generator().manual_seed(6)), first)
