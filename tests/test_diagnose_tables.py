@@ -17,6 +17,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import marginal, mvn_guide, posterior
 
 from pyro_skipvae.diagnostics import diagnosis, plots
 from pyro_skipvae.diagnostics.diagnosis import consistency_checks, diagnose
@@ -630,26 +631,6 @@ def test_the_package_itself_never_imports_the_old_module():
 
 
 # ---------------------------------------------------------------- what each metric reports
-def exact_posterior_guide(W, b, sigma):
-    """The exact posterior of the linear-Gaussian model, q(z|x) = N(Σ Wᵀ(x − b)/σ², Σ) with
-    Σ = (I + WᵀW/σ²)⁻¹: a full-covariance MultivariateNormal (not one whose stored chunks
-    Posteriors can re-cut). Every importance weight p(x, z)/q(z|x) then equals p(x)."""
-    cov = torch.linalg.inv(torch.eye(W.shape[1]) + W.T @ W / sigma**2)
-
-    def guide(x, **kwargs):
-        with data_plate(x):
-            loc = (x - b) @ W @ cov / sigma**2
-            return pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=cov))
-
-    return guide
-
-
-def exact_nll(x, W, b, sigma):
-    """−log p(x) of the linear-Gaussian model: x ~ N(b, W Wᵀ + σ² I) (closed form)."""
-    cov = W @ W.T + sigma**2 * torch.eye(W.shape[0])
-    return -dist.MultivariateNormal(b, cov).log_prob(x)
-
-
 def test_every_reported_number_is_a_finite_number_and_every_estimator_is_described(pair):
     """diagnostics.json holds numbers, not placeholders: each metric's standard errors,
     Monte-Carlo parts and k̂ summaries are finite floats, and each reported metric names its
@@ -737,13 +718,14 @@ def test_the_nll_subset_of_a_guide_that_cannot_be_re_cut_is_encoded_again(float6
     g = torch.Generator().manual_seed(0)
     W, b, sigma = torch.randn(3, 2, generator=g), torch.tensor([0.5, 0.0, -1.0]), 0.5
     x = torch.randn(12, 3, generator=g)
-    model, guide = linear_model(W, b, sigma), exact_posterior_guide(W, b, sigma)
+    model, guide = linear_model(W, b, sigma), mvn_guide(*posterior(W, b, sigma))
     result = diagnose(model, guide, x, num_samples=4, nll_size=5, seed=1,
                       metrics={"nll": diagnosis.METRICS["nll"]})  # fmt: skip
     per = result["per_datapoint"]
     rows = torch.randperm(12, generator=torch.Generator().manual_seed(1))[:5].sort().values
     assert torch.equal((~torch.isnan(per["nll"])).nonzero().flatten(), rows)
-    assert torch.allclose(per["nll"][rows], exact_nll(x[rows], W, b, sigma), atol=1e-9)
+    exact = -marginal(W, b, sigma).log_prob(x[rows])
+    assert torch.allclose(per["nll"][rows], exact, atol=1e-9)
     assert result["metrics"]["nll_num_points"] == 5
 
 
@@ -783,7 +765,7 @@ def test_progress_shows_a_bar_for_each_long_pass(pair, capsys):
     model, guide, x, x_train = pair
     labels = torch.arange(12) % 2
     W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    reference = exact_posterior_guide(W, torch.zeros(3), 0.5)
+    reference = mvn_guide(*posterior(W, torch.zeros(3), 0.5))
     for guide_ in (guide, reference):  # the second encodes its nll subset again
         diagnose(model, guide_, x, labels=labels, train_data=x_train, train_labels=labels[:10],
                  num_samples=3, nll_size=6, mi_batch_size=0, chunk_size=4,

@@ -14,6 +14,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import marginal, mvn_guide, posterior
 
 from pyro_skipvae.diagnostics import (
     Posteriors,
@@ -309,21 +310,8 @@ def lg_model():
     sigma = 0.6
     z = torch.randn(60, 2, generator=g)
     x = z @ W.T + b + sigma * torch.randn(60, 4, generator=g)
-    post_cov = torch.linalg.inv(torch.eye(2) + W.T @ W / sigma**2)
-    # posterior mean as a function of x (post_cov is symmetric)
-    post_mean = lambda x: (x - b) @ W @ post_cov / sigma**2  # noqa: E731
-    marginal = dist.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(4))
-    return linear_model(W, b, sigma), x, post_mean, post_cov, -marginal.log_prob(x)
-
-
-def mvn_guide(mean, cov):
-    """q(z|x) = N(mean(x), cov)."""
-
-    def guide(x, **kwargs):
-        with data_plate(x):
-            return pyro.sample("z", dist.MultivariateNormal(mean(x), cov))
-
-    return guide
+    post_mean, post_cov = posterior(W, b, sigma)
+    return linear_model(W, b, sigma), x, post_mean, post_cov, -marginal(W, b, sigma).log_prob(x)
 
 
 @pytest.mark.parametrize("num_samples", [1, 30])
@@ -486,9 +474,8 @@ def test_nuts_finds_the_closed_form_posterior_of_a_linear_gaussian_model():
         StandardNormalPrior(2), LinearDecoder(2, (3,), weight=W), UnitNormalLikelihood((3,))
     )
     x = torch.tensor([[1.0, -0.5, 2.0]])
-    # p(z|x) = N(Σ Wᵀ x / s², Σ), Σ = (I + Wᵀ W / s²)⁻¹ with s = 0.5
-    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / 0.25)
-    mean = cov @ W.T @ x[0] / 0.25
+    post_mean, cov = posterior(W, torch.zeros(3), 0.5)  # the unit-normal likelihood's s = 0.5
+    mean = post_mean(x)[0]
     z = nuts_posterior(model, x, num_samples=500, warmup_steps=200)
     assert z.shape == (500, 2)
     # the seed makes the chain reproducible, and is used
