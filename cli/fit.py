@@ -71,6 +71,7 @@ TRAIN_FIELDS = (
     "num_particles",
     "inference",
     "seed",
+    "init_from",
 )
 MODEL_KINDS = ("decoder", "encoder", "prior", "likelihood")
 
@@ -247,6 +248,14 @@ def _without_option(arguments, name):
     default=None,
     help="Stop once this many epochs in a row have not improved the validation bound  "
     "[default: train for --num-epochs]",
+)
+@click.option(
+    "--init-from",
+    metavar="PATH",
+    default=None,
+    help="Start from the weights of this run folder (its best.pt) or weights file, e.g. to "
+    "fine-tune a converged amortized model semi-amortized; the model options must match it.  "
+    "[default: fresh weights]",
 )
 @click.option(
     "--kl-warmup-epochs",

@@ -20,6 +20,7 @@ works, with a :class:`DeprecationWarning`.)
 """
 
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .checks import check_positive
@@ -110,6 +111,10 @@ class TrainConfig:
         (default); validation data are binarised once, with a fixed seed.
     :param int seed: seeds the data order, binarisation and Monte-Carlo draws (default 0).
     :param int eval_batch_size: minibatch size of validation (default 500).
+    :param str init_from: start from the weights of another run of the same model (a run
+        folder, meaning its ``best.pt``, or a weights file), e.g. semi-amortized fine-tuning
+        of a converged amortized model; the optimizer and the history start afresh (see
+        :func:`~pyro_skipvae.run.initial_weights`). Default None: freshly initialised weights.
     """
 
     num_epochs: int = 10
@@ -132,8 +137,11 @@ class TrainConfig:
     binarize: str = "none"
     seed: int = 0
     eval_batch_size: int = 500
+    init_from: str | None = None
 
     def __post_init__(self):
+        if self.init_from is not None:
+            self.init_from = os.fspath(self.init_from)
         check_positive(
             num_epochs=self.num_epochs,
             batch_size=self.batch_size,

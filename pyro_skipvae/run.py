@@ -189,17 +189,24 @@ class Run:
         self.best_epoch = None
 
     # ------------------------------------------------------------------ start
-    def start(self, *, resume: bool) -> None:
+    def start(self, *, resume: bool, init_from=None) -> None:
         """Write (or, to resume, check) ``config.json``; with ``resume``, restore every state
         from ``checkpoint.pt`` so the rest of the run is exactly an uninterrupted one's.
 
+        :param init_from: a run folder (its ``best.pt``) or a weights file of a model with the
+            same configuration, whose weights start a run that has no epoch yet (fine-tuning;
+            :func:`initial_weights`). A resumed run with epochs restores its own instead.
         :raises ConfigError: the folder holds a run and ``resume`` is False (nothing is
-            overwritten), or its configuration differs.
+            overwritten), or its configuration differs; ``init_from`` is another model.
         :raises CheckpointError: unreadable or mismatched files.
         """
         if self.path is None:
+            self._initialise(init_from)
             return
         checkpoint_path = self.path / CHECKPOINT_FILE
+        restoring = resume and checkpoint_path.exists()
+        if not restoring:  # before config.json is written: a bad source leaves no run behind
+            self._initialise(init_from)
         # Rank 0 checks and writes config.json; the others raise whatever it raised.
         error = None
         if distributed.is_main():
@@ -210,7 +217,7 @@ class Run:
         error = distributed.broadcast_object(error)
         if error is not None:
             raise error
-        if resume and checkpoint_path.exists():
+        if restoring:
             self._restore(checkpoint.load(checkpoint_path), checkpoint_path)
             logger.info("resuming %s after epoch %d", self.path, len(self.history))
         if distributed.is_main():
@@ -239,6 +246,10 @@ class Run:
                     + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in differences)
                 )
         checkpoint.atomic_write_json(config_path, self.config)
+
+    def _initialise(self, init_from):
+        if init_from is not None:
+            initial_weights(init_from, self.model, self.guide, self.config["model"], self.defaults)
 
     def _restore(self, state, path):
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -341,6 +352,48 @@ class Run:
         )
 
 
+def initial_weights(source, model, guide, model_config: dict, defaults=None) -> int:
+    """Load the model and guide weights of another run into ``model`` and ``guide``; return
+    the epoch they were saved at.
+
+    This is how a fit starts from a trained model, e.g. semi-amortized training from a
+    converged amortized one (the SA-VAE's encoder then starts from an amortized q instead of
+    from scratch). Only weights are taken: the optimizer, the random states and the history
+    start afresh.
+
+    :param source: a run folder (its ``best.pt``) or a weights file (``best.pt``,
+        ``checkpoint.pt``, :meth:`SkipVAE.save <pyro_skipvae.SkipVAE.save>`'s).
+    :param dict model_config: this run's ``config.json`` ``"model"``; the source's must equal
+        it (whether the networks are compiled aside).
+    :raises CheckpointError: a missing, corrupt or older-format file.
+    :raises ConfigError: the source is another model (the differing options are named).
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / BEST_FILE
+    state = checkpoint.load(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state.get('format')}, this version reads format "
+            f"{CHECKPOINT_FORMAT}"
+        )
+    saved = state.get("config", {}).get("model")
+    if saved is None:
+        raise CheckpointError(f"{path} holds no model configuration")
+    differences = config_differences(
+        {"model": saved}, {"model": model_config}, defaults and {"model": defaults["model"]}
+    )
+    if differences:
+        raise ConfigError(
+            f"cannot start from {path}: it holds another model (differs in "
+            + "; ".join(f"{k}: there {a!r}, here {b!r}" for k, a, b in differences)
+            + ")"
+        )
+    load_weights(model, guide, state, path)
+    logger.info("starting from the weights of %s (epoch %s)", path, state.get("epoch"))
+    return state.get("epoch")
+
+
 def _world_size(config) -> int:
     return config.get("run", {}).get("world_size", 1)
 
@@ -396,4 +449,11 @@ def _is_pyro_optim(optimizer) -> bool:
     return isinstance(optimizer, pyro.optim.PyroOptim)
 
 
-__all__ = ["Run", "config_differences", "load_weights", "read_config", "weights_state"]
+__all__ = [
+    "Run",
+    "config_differences",
+    "initial_weights",
+    "load_weights",
+    "read_config",
+    "weights_state",
+]

@@ -355,7 +355,7 @@ class SkipVAE:
             patience=cfg.early_stopping_patience,
             not_before=cfg.kl_warmup_epochs,
         )
-        run.start(resume=resume)
+        run.start(resume=resume, init_from=cfg.init_from)
         distributed.broadcast_states(self.model, self.guide)
         self.model.train()
         self.guide.train()

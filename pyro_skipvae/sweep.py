@@ -15,6 +15,10 @@ A grid file (YAML or JSON) names the shared options and the axes to cross::
         fit: {latent_dim: 32}          # overrides for this grid only
         axes: {skip: [true, false], hidden_dims: [[256], [256, 256]], seed: [0, 1, 2]}
 
+A string option may name the cell's other options in braces (:func:`fill_placeholders`), e.g.
+``init_from: ../runs/pixelcnn/cells/seed={seed}_skip={skip}`` fine-tunes each cell from the
+matching cell of another grid.
+
 Each cell runs ``skipvae fit`` then ``skipvae diagnose`` in a child process (so ``jobs`` cells
 can run side by side, on CPU cores or sharing a GPU, and a crash takes one cell down, not the
 sweep), with its output in ``<out>/cells/<cell>/log.txt``. The sweep is resumable: a cell
@@ -90,7 +94,7 @@ def expand_grid(spec: dict) -> list[Cell]:
         raise ConfigError(
             f"unknown grid key(s) {sorted(unknown)}; expected: fit, diagnose, grids, description"
         )
-    grids = spec.get("grids") or [{"axes": spec.get("axes", {})}]
+    grids = spec.get("grids") or [{}]  # none: one cell of the shared options
     cells: dict[str, Cell] = {}
     for i, grid in enumerate(grids):
         extra = set(grid) - {"name", "fit", "axes"}
@@ -108,6 +112,7 @@ def expand_grid(spec: dict) -> list[Cell]:
         for combination in itertools.product(*axes.values()):
             options = {**base, **dict(zip(axes, combination))}
             name = cell_name(options, spec.get("fit") or {})
+            options = fill_placeholders(options)
             cells.setdefault(
                 name, Cell(name, grid.get("name", str(i)), options, spec.get("diagnose") or {})
             )
@@ -121,11 +126,37 @@ def cell_name(options: dict, shared: dict) -> str:
     for key in sorted(options):
         if key in shared and shared[key] == options[key]:
             continue
-        value = options[key]
-        text = ",".join(map(str, value)) if isinstance(value, list | tuple) else json.dumps(value)
-        parts.append(f"{key}={text}")
+        parts.append(f"{key}={_text(options[key])}")
     name = "_".join(parts) or "base"
     return re.sub(r"[^A-Za-z0-9=,._+-]", "", name.replace('"', ""))
+
+
+def fill_placeholders(options: dict) -> dict:
+    """Fill ``{option}`` in the cell's string options with that option's value, written as in
+    cell names (``true``, ``32``, ``256,256``), so one grid can point every cell at the
+    matching cell of another grid::
+
+        fit: {inference: semi-amortized, init_from: "../runs/pixelcnn/cells/seed={seed}_skip={skip}"}
+
+    :raises ConfigError: a placeholder that names no option of the cell.
+    """
+    texts = {key: _text(value).replace('"', "") for key, value in options.items()}
+    filled = {}
+    for key, value in options.items():
+        if isinstance(value, str) and "{" in value:
+            try:
+                value = value.format_map(texts)
+            except (KeyError, ValueError, IndexError) as e:
+                raise ConfigError(
+                    f"fit.{key}: {value!r} has a placeholder that names no option of the cell "
+                    f"({type(e).__name__}: {e}); the cell's options: {', '.join(sorted(texts))}"
+                ) from None
+        filled[key] = value
+    return filled
+
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else json.dumps(value)
 
 
 def command_arguments(options: dict) -> list[str]:

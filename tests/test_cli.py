@@ -141,6 +141,27 @@ def test_resume_against_another_config_is_a_usage_error(tmp_path, data_dir):
     )
 
 
+def test_fit_init_from_fine_tunes_another_run_semi_amortized(tmp_path, data_dir):
+    source, tuned = str(tmp_path / "amortized"), str(tmp_path / "tuned")
+    fit = ["fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "1"]
+    assert run_cli(*fit, "--out", source).exit_code == 0
+    sa = ["--inference", "semi-amortized", "--num-refine-steps", "2", "--init-from", source]
+    result = CliRunner().invoke(cli, [*fit, *sa, "--latent-dim", "5", "--out", tuned])
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        f"error: cannot start from {source}/best.pt: it holds another model"
+    )
+    assert not (tmp_path / "tuned" / "config.json").exists()
+    result = run_cli(*fit, *sa, "--out", tuned)
+    assert result.exit_code == 0, result.output
+    assert "refined validation ELBO" in result.output
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["train"]["init_from"] == source
+    assert config["train"]["inference"] == "semi-amortized"
+    log = (tmp_path / "tuned" / "train.log").read_text()
+    assert f"starting from the weights of {source}/best.pt (epoch 1)" in log
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir, skipvae_exe):
     """A run killed with SIGKILL mid-training and resumed ends identical to one never stopped."""
     exe = skipvae_exe

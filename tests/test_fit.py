@@ -86,6 +86,64 @@ def test_a_run_saved_before_a_setting_existed_resumes_at_its_default(mnist, tiny
     assert len(metrics(tmp_path / "run")) == 2
 
 
+def weights(vae):
+    return {
+        f"{m}.{k}": v for m in ("model", "guide") for k, v in getattr(vae, m).state_dict().items()
+    }
+
+
+def test_a_fit_can_start_from_another_runs_weights(mnist, tiny_options, tmp_path):
+    # Semi-amortized fine-tuning of a trained amortized model: the run starts from the
+    # source's best.pt (not from the new seed's initialisation), with a fresh history.
+    source, _ = fit(mnist, tiny_options, tmp_path / "amortized", num_epochs=1)
+    fresh = SkipVAE(mnist.data_shape, seed=5, **tiny_options)
+    # SGD at a vanishing rate leaves every weight where the run started
+    history = fresh.fit(
+        mnist.train,
+        val=mnist.val,
+        num_epochs=1,
+        run_dir=tmp_path / "tuned",
+        init_from=tmp_path / "amortized",
+        optimizer="sgd",
+        learning_rate=1e-30,
+        inference="semi-amortized",
+        inference_options={"num_refine_steps": 2},
+        **FIT,
+    )
+    assert [r["epoch"] for r in history] == [1]
+    start = weights(source)
+    own = weights(SkipVAE(mnist.data_shape, seed=5, **tiny_options))
+    assert any(not torch.equal(w, start[k]) for k, w in own.items())
+    for name, value in weights(fresh).items():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=1e-20, msg=name)
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["train"]["init_from"] == str(tmp_path / "amortized")
+
+    # An interrupted fine-tuning resumes from its own checkpoint, not from the source again:
+    # exactly as if uninterrupted.
+    source = {"init_from": tmp_path / "amortized"}
+    whole, _ = fit(mnist, tiny_options, tmp_path / "whole", num_epochs=2, **source)
+    fit(mnist, tiny_options, tmp_path / "parts", num_epochs=1, **source)
+    resumed, _ = fit(mnist, tiny_options, tmp_path / "parts", num_epochs=2, resume=True, **source)
+    assert metrics(tmp_path / "whole") == metrics(tmp_path / "parts")
+    assert all(torch.equal(w, weights(resumed)[k]) for k, w in weights(whole).items())
+    with pytest.raises(ConfigError, match=r"train.init_from: saved '.*amortized', now None"):
+        fit(mnist, tiny_options, tmp_path / "parts", num_epochs=3, resume=True)
+
+
+def test_starting_from_another_model_or_a_missing_file_says_so_and_writes_nothing(
+    mnist, tiny_options, tmp_path
+):
+    fit(mnist, tiny_options, tmp_path / "source", num_epochs=1)
+    with pytest.raises(
+        ConfigError, match=r"another model \(differs in model.latent_dim: there 4, here 3\)"
+    ):
+        fit(mnist, {**tiny_options, "latent_dim": 3}, tmp_path / "a", init_from=tmp_path / "source")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        fit(mnist, tiny_options, tmp_path / "b", init_from=tmp_path / "nowhere")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_train_log_refuses_a_file_where_the_run_folder_goes(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="expected a run directory, found a file"):

@@ -44,6 +44,30 @@ def test_grids_expand_to_unique_named_cells():
     ]  # fmt: skip
     with pytest.raises(ConfigError, match="expected a non-empty list"):
         expand_grid({"grids": [{"axes": {"seed": 3}}]})
+
+
+def test_a_cell_can_point_at_the_matching_cell_of_another_grid():
+    spec = {
+        "fit": {"inference": "semi-amortized", "init_from": "runs/a/cells/seed={seed}_skip={skip}"},
+        "grids": [{"axes": {"seed": [0, 1], "skip": [True, False], "hidden_dims": [[8, 8]]}}],
+    }
+    cells = expand_grid(spec)
+    assert {c.name: c.fit["init_from"] for c in cells} == {
+        f"hidden_dims=8,8_seed={seed}_skip={skip}": f"runs/a/cells/seed={seed}_skip={skip}"
+        for seed in (0, 1)
+        for skip in ("true", "false")
+    }
+    assert (
+        expand_grid(
+            {
+                "fit": {"init_from": "{hidden_dims}/{inference}"},
+                "grids": [{"axes": {"hidden_dims": [[8, 8]], "inference": ["svi"]}}],
+            }
+        )[0].fit["init_from"]
+        == "8,8/svi"
+    )
+    with pytest.raises(ConfigError, match=r"fit.init_from: 'x/\{latent\}' has a placeholder"):
+        expand_grid({"fit": {"init_from": "x/{latent}"}})
     with pytest.raises(ConfigError, match="unknown grid key"):
         expand_grid({"axis": {}})
 
