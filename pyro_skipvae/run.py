@@ -352,6 +352,27 @@ class Run:
         )
 
 
+def read_weights(source) -> tuple[Path, dict]:
+    """The weights file named by ``source`` (a run folder means its ``best.pt``) and its
+    contents, checked to hold a model configuration in this version's format.
+
+    :raises CheckpointError: a missing, corrupt or older-format file, or one without a model
+        configuration.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / BEST_FILE
+    state = checkpoint.load(path)
+    if not isinstance(state.get("config"), dict) or "model" not in state["config"]:
+        raise CheckpointError(f"{path} holds no model configuration")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state.get('format')}; this version reads format "
+            f"{CHECKPOINT_FORMAT} (the model or guide changed since it was written)"
+        )
+    return path, state
+
+
 def initial_weights(source, model, guide, model_config: dict, defaults=None) -> int:
     """Load the model and guide weights of another run into ``model`` and ``guide``; return
     the epoch they were saved at.
@@ -368,20 +389,11 @@ def initial_weights(source, model, guide, model_config: dict, defaults=None) -> 
     :raises CheckpointError: a missing, corrupt or older-format file.
     :raises ConfigError: the source is another model (the differing options are named).
     """
-    path = Path(source)
-    if path.is_dir():
-        path = path / BEST_FILE
-    state = checkpoint.load(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} has checkpoint format {state.get('format')}, this version reads format "
-            f"{CHECKPOINT_FORMAT}"
-        )
-    saved = state.get("config", {}).get("model")
-    if saved is None:
-        raise CheckpointError(f"{path} holds no model configuration")
+    path, state = read_weights(source)
     differences = config_differences(
-        {"model": saved}, {"model": model_config}, defaults and {"model": defaults["model"]}
+        {"model": state["config"]["model"]},
+        {"model": model_config},
+        defaults and {"model": defaults["model"]},
     )
     if differences:
         raise ConfigError(
@@ -455,5 +467,6 @@ __all__ = [
     "initial_weights",
     "load_weights",
     "read_config",
+    "read_weights",
     "weights_state",
 ]

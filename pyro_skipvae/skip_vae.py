@@ -13,7 +13,6 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import pyro
@@ -27,7 +26,7 @@ from .configs import field_defaults as _defaults
 from .configs import plain as _plain
 from .data import prepare
 from .diagnostics import diagnose, evaluate_elbo
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .guides import ENCODERS, GUIDES
 from .guides.encoders import Encoder
 from .infer import INFERENCES, Optimizer, distributed, kl_schedule, train
@@ -36,7 +35,7 @@ from .infer.elbos import build_elbo, check_inference
 from .infer.fit import FitData, prepare_data
 from .models import DECODERS, LIKELIHOODS, PRIORS, Decoder, Likelihood, Model, Prior
 from .modes import evaluating
-from .run import BEST_FILE, CHECKPOINT_FORMAT, Run, load_weights, weights_state
+from .run import CHECKPOINT_FORMAT, Run, load_weights, read_weights, weights_state
 from .sites import LATENT_SITE, OBSERVED_SITE
 
 #: names that moved to :mod:`pyro_skipvae.configs`; the old path warns (see ``__getattr__``)
@@ -466,19 +465,8 @@ class SkipVAE:
     ) -> "SkipVAE":
         """Load a model written by :meth:`save`, or a run's ``best.pt``/``checkpoint.pt``
         (or a run directory, meaning its ``best.pt``)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / BEST_FILE
-        state = checkpoint.load(path)
-        try:
-            model_config = state["config"]["model"]
-        except (KeyError, TypeError):
-            raise CheckpointError(f"{path} holds no model configuration") from None
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"{path} has checkpoint format {state.get('format')}; this version reads format "
-                f"{CHECKPOINT_FORMAT} (the model or guide changed since it was written)"
-            )
+        path, state = read_weights(path)
+        model_config = state["config"]["model"]
         vae = cls.from_config(model_config, device=device, **overrides)
         load_weights(vae.model, vae.guide, state, path)
         return vae

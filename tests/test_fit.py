@@ -141,7 +141,14 @@ def test_starting_from_another_model_or_a_missing_file_says_so_and_writes_nothin
         fit(mnist, {**tiny_options, "latent_dim": 3}, tmp_path / "a", init_from=tmp_path / "source")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         fit(mnist, tiny_options, tmp_path / "b", init_from=tmp_path / "nowhere")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    old = torch.load(tmp_path / "source" / "best.pt", weights_only=True)
+    torch.save({**old, "format": 1}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="old.pt has checkpoint format 1; this version"):
+        fit(mnist, tiny_options, tmp_path / "c", init_from=tmp_path / "old.pt")
+    torch.save({"format": 2, "model": old["model"]}, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="bare.pt holds no model configuration"):
+        fit(mnist, tiny_options, tmp_path / "c", init_from=tmp_path / "bare.pt")
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_train_log_refuses_a_file_where_the_run_folder_goes(tmp_path):
