@@ -307,6 +307,17 @@ def test_history_rows_mark_the_selected_epoch():
     assert rows == [["1 ★", "0.100", "-150.00", "-140.00"], ["2", "0.200", "-130.00", "-141.00"]]
 
 
+def test_history_rows_show_text_perplexity_and_learning_rate():
+    # a text run records the perplexity bound and a plateau-halved SGD rate each epoch
+    history = [
+        {"epoch": 1, "val_elbo": -120.0, "val_ppl": 224.0, "learning_rate": 1.0, "selected": 1},
+        {"epoch": 2, "val_elbo": -121.0, "val_ppl": 231.5, "learning_rate": 0.125, "selected": 1},
+    ]
+    headers, rows = history_rows(history)
+    assert headers == ["epoch", "validation ELBO", "validation perplexity bound", "learning rate"]
+    assert rows == [["1 ★", "-120.00", "224.00", "1"], ["2", "-121.00", "231.50", "0.125"]]
+
+
 def test_training_curves_png():
     history = [
         {"epoch": e, "beta": 0.1 * e, "train_elbo": -150.0 + e, "val_elbo": -140.0 + e,

@@ -15,9 +15,11 @@ HISTORY_COLUMNS = [
     ("train_elbo", "training bound"),
     ("val_elbo", "validation ELBO"),
     ("val_kl", "validation KL"),
+    ("val_ppl", "validation perplexity bound"),
     ("val_elbo_amortized", "validation ELBO, amortized q"),
     ("val_kl_amortized", "validation KL, amortized q"),
     ("val_amortization_gap", "amortization gap"),
+    ("learning_rate", "learning rate"),
     ("seconds", "seconds"),
 ]
 
@@ -147,6 +149,8 @@ def history_rows(history: list[dict]) -> tuple[list[str], list[list[str]]]:
             value = record.get(key)
             if key == "epoch":
                 row.append(f"{value} ★" if value == selected else str(value))
+            elif key == "learning_rate" and isinstance(value, int | float):
+                row.append(f"{value:g}")  # halvings: 1, 0.5, 0.25, 0.125, ...
             elif isinstance(value, int | float):
                 row.append(f"{value:.{3 if key == 'beta' else 2}f}")
             else:
