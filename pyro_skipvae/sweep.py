@@ -71,8 +71,8 @@ COLUMNS = [
     "cell", "status", "error", "grid",
     "skip", "inference", "latent_dim", "num_layers", "decoder", "dataset", "seed",
     "val_elbo", "test_elbo", "test_nll", "test_nll_se", "kl", "kl_se", "mi", "mi_se", "log_n",
-    "agg_kl", "agg_kl_se", "au", "accuracy", "accuracy_knn", "pareto_k_share_above",
-    "mi_le_kl", "mi_le_log_n", "au_le_latent_dim",
+    "agg_kl", "agg_kl_se", "au", "accuracy", "accuracy_knn", "ppl_bound", "iw_ppl",
+    "pareto_k_share_above", "mi_le_kl", "mi_le_log_n", "au_le_latent_dim",
     "epochs", "selected_epoch", "seconds", "diagnose_seconds",
 ]  # fmt: skip
 
@@ -313,6 +313,8 @@ def cell_results(folder) -> dict:
         },
         "accuracy": metrics.get("accuracy"),
         "accuracy_knn": metrics.get("accuracy_knn"),
+        "ppl_bound": metrics.get("ppl_bound"),  # text: per-token perplexities
+        "iw_ppl": metrics.get("iw_ppl"),
         "pareto_k_share_above": metrics.get("pareto_k_share_above"),
         "mi_le_kl": checks.get("mi_le_kl"),
         "mi_le_log_n": checks.get("mi_le_log_n"),

@@ -437,6 +437,25 @@ def test_cli_diagnose_on_text(text_run, ptb, data_dir):
     assert str(markupsafe.escape(ptb.vocabulary.decode(test[0]))) in page
 
 
+def test_a_sweep_row_of_a_text_run_has_its_perplexities(text_run, data_dir, tmp_path):
+    import shutil
+
+    from pyro_skipvae.sweep import cell_results
+
+    cell = tmp_path / "cell"
+    shutil.copytree(text_run, cell)
+    result = run_cli(
+        "diagnose", cell, "--data-dir", data_dir, "--eval-size", "40", "--num-samples", "20",
+        "--no-plots", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((cell / "diagnostics.json").read_text())
+    row = cell_results(cell)
+    assert row["ppl_bound"] == metrics["ppl_bound"] and row["iw_ppl"] == metrics["iw_ppl"]
+    assert 1 < row["ppl_bound"] and 1 < row["iw_ppl"] <= row["ppl_bound"] * (1 + 1e-9)
+    assert row["dataset"] == "ptb" and row["accuracy"] is None  # no labels on text
+
+
 def test_perplexity_of_a_uniform_decoder_is_the_vocabulary_size(text_run, ptb, data_dir):
     """Hand-computed case: logits equal for every real token (padding and BOS, never
     targets, excluded) whatever z, and q(z|x) = p(z), so ELBO = log p(x) = −ℓ(x) log(V − 2)
