@@ -33,6 +33,7 @@ from .options import (
     POSITIVE,
     POSITIVE_FLOAT,
     REFINE_COORDINATES,
+    REFINE_KL,
     SEMI_AMORTIZED_MODES,
     TEXT_DATASETS,
     TEXT_DEFAULT,
@@ -52,6 +53,7 @@ REFINEMENT_OPTIONS = {
     "refine_momentum": "refine_momentum",
     "refine_max_grad_norm": "refine_max_grad_norm",
     "refine_coordinates": "refine_coordinates",
+    "refine_kl": "refine_kl",
 }
 #: flags that are fields of TrainConfig under the same name
 TRAIN_FIELDS = (
@@ -213,6 +215,14 @@ def _without_option(arguments, name):
     type=click.Choice(REFINE_COORDINATES),
     default=None,
     help="Semi-amortized: refine (μ, log σ²), as the authors, or (μ, log σ)  [default: log-variance]",
+)
+@click.option(
+    "--refine-kl",
+    type=click.Choice(REFINE_KL),
+    default=None,
+    help="Semi-amortized: the refinement's KL, in closed form or one-sample Monte Carlo; "
+    "objective: ascend the training objective itself (the rule before commit a07db1e, to "
+    "resume runs trained under it)  [default: analytic]",
 )
 @click.option("--num-epochs", type=POSITIVE, default=10)
 @click.option("--batch-size", type=POSITIVE, default=50)

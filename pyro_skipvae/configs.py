@@ -185,11 +185,81 @@ class TrainConfig:
         return cls(**options)
 
     def to_json(self) -> dict:
-        """``config.json``'s ``"train"``: user objects become ``"custom:ClassName"``."""
+        """``config.json``'s ``"train"``: user objects become ``"custom:ClassName"``, and a
+        semi-amortized run's ``inference_options`` hold every refinement setting, defaults
+        included (:func:`inference_settings`)."""
         values = asdict(self)
         values["elbo"] = component_name(self.elbo)
         values["inference"] = component_name(self.inference)
+        values["inference_options"] = inference_settings(
+            values["inference"], self.inference_options, batch_size=self.batch_size
+        )
         return plain(values)
+
+
+#: the inference whose every setting config.json records (the refinement changes results)
+SEMI_AMORTIZED = "semi-amortized"
+#: the commit before which the refinement ascended the training objective (refine_kl "objective")
+REFINE_KL_CHANGED = "a07db1e"
+
+
+def inference_settings(inference, options: dict, *, batch_size: int) -> dict:
+    """``inference_options`` as ``config.json`` records them: for ``"semi-amortized"``
+    every setting of :class:`~pyro_skipvae.infer.SemiAmortizedSVI` with its default filled in
+    (``mode``, ``refine_batch_size`` = the training ``batch_size``, K, η, ρ, the clip, the
+    coordinates and ``refine_kl``), so a later version whose defaults differ still rebuilds
+    the refinement the run was trained with; any other inference's options as given."""
+    options = dict(options or {})
+    if inference != SEMI_AMORTIZED:
+        return options
+    settings = {
+        **INFERENCES.defaults(SEMI_AMORTIZED, filled=("model", "guide", "optim", "loss")),
+        **options,
+    }
+    if settings.get("refine_batch_size") is None:
+        settings["refine_batch_size"] = batch_size
+    return plain(settings)
+
+
+def recorded_config(config: dict, run_dir, refine_kl: str | None = None) -> dict:
+    """A saved ``config.json`` (or a checkpoint's copy) with its ``"train"`` read by
+    :func:`recorded_train_config`."""
+    if "train" not in config:
+        return config
+    return {**config, "train": recorded_train_config(config["train"], run_dir, refine_kl=refine_kl)}
+
+
+def recorded_train_config(train: dict, run_dir, *, refine_kl: str | None = None) -> dict:
+    """A run's ``config.json`` ``"train"`` as this version reads it, with every refinement
+    setting (:func:`inference_settings`).
+
+    A semi-amortized run written before every setting was recorded lacks ``refine_kl``. With
+    ``elbo="mean-field"`` both rules it may have been trained under ascend the analytic-KL
+    ELBO, so it is read as ``"analytic"``; with another objective they differ (before commit
+    a07db1e the refinement ascended the training objective itself, ``"objective"``; since,
+    the ELBO with the analytic KL), and it is refused unless ``refine_kl`` says which.
+
+    :raises ConfigError: an older semi-amortized run whose rule cannot be told; the message
+        says how to record it.
+    """
+    if train.get("inference") != SEMI_AMORTIZED:
+        return train
+    options = dict(train.get("inference_options") or {})
+    if "refine_kl" not in options:
+        if refine_kl is None and train.get("elbo") != "mean-field":
+            raise ConfigError(
+                f"{run_dir}/config.json records no refine_kl for this semi-amortized run (it "
+                "was written before every refinement setting was recorded), and with elbo "
+                f"{train.get('elbo')!r} the two rules it may have been trained under differ: "
+                f"runs trained before commit {REFINE_KL_CHANGED} refined the training "
+                "objective itself (refine_kl 'objective'), later ones the ELBO with the "
+                'analytic KL (\'analytic\'); add "refine_kl": "objective" or "analytic" to '
+                '"train" -> "inference_options" in that file, then diagnose, or resume with '
+                "the same refine_kl (skipvae fit --refine-kl)"
+            )
+        options["refine_kl"] = refine_kl or "analytic"
+    settings = inference_settings(SEMI_AMORTIZED, options, batch_size=train.get("batch_size", 50))
+    return {**train, "inference_options": settings}
 
 
 def check_component_options(registry, component, options: dict, *, num_args: int = 0) -> None:

@@ -31,6 +31,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from . import checkpoint
+from .configs import recorded_train_config
 from .data import EVAL_BINARIZATION_SEED, default_binarization, load_dataset, prepare
 from .data.text import length_order
 from .diagnose_options import SPLITS, DiagnoseOptions  # noqa: F401  (SPLITS: its old home)
@@ -115,7 +116,9 @@ def diagnose_run(
     options = DiagnoseOptions.from_keywords(options, **keywords)
     run = load_run(run_dir, options)
     split = prepare_split(run, options)
-    guide, refinement = run_refinement(run.vae, run.config, options.num_refine_steps)
+    guide, refinement = run_refinement(
+        run.vae, run.config, options.num_refine_steps, run_dir=run.run_dir
+    )
     with evaluating(run.vae.model, run.vae.guide):
         result = diagnose_split(run, split, guide, refinement, options)
         paths = write_outputs(run, split, result, options)
@@ -147,7 +150,9 @@ def load_run(run_dir: str | os.PathLike, options: DiagnoseOptions) -> LoadedRun:
     dataset, mode = trained_on, config.get("train", {}).get("binarize", "none")
     if options.dataset is not None and options.dataset != trained_on:
         dataset, mode = options.dataset, default_binarization(options.dataset)
-    vae = SkipVAE.load(run_dir, device=options.device)
+    # the run's own precision unless another is asked for (the weights are float32 in both)
+    precision = {} if options.precision is None else {"precision": options.precision}
+    vae = SkipVAE.load(run_dir, device=options.device, **precision)
     return LoadedRun(run_dir, config, vae, dataset, mode)
 
 
@@ -181,7 +186,7 @@ def prepare_split(run: LoadedRun, options: DiagnoseOptions) -> EvaluationData:
     return EvaluationData(data, labels, train_data, train_labels, splits.vocabulary, tokens, order)
 
 
-def run_refinement(vae, config, num_refine_steps=None):
+def run_refinement(vae, config, num_refine_steps=None, *, run_dir="the run"):
     """The guide a run is evaluated with, and the refinement settings behind it.
 
     A semi-amortized run is evaluated as it was trained and selected: its local parameters
@@ -194,10 +199,16 @@ def run_refinement(vae, config, num_refine_steps=None):
     guide. Other runs are amortized unless ``num_refine_steps`` > 0 asks for the default
     refinement.
 
+    An older ``config.json`` without every refinement setting is read with the rule the run
+    was trained under, or refused where that cannot be told
+    (:func:`~pyro_skipvae.configs.recorded_train_config`; not for ``num_refine_steps=0``).
+
     :returns: ``(guide, settings)``; ``settings`` is ``None`` for the amortized guide.
     """
     train = config.get("train", {})
     semi_amortized = train.get("inference") == "semi-amortized"
+    if semi_amortized and num_refine_steps != 0:
+        train = recorded_train_config(train, run_dir)
     options = dict(train.get("inference_options") or {}) if semi_amortized else {}
     if num_refine_steps is not None:
         options["num_refine_steps"] = int(num_refine_steps)

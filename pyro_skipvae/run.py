@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import checkpoint
+from .configs import recorded_config
 from .errors import CheckpointError, ConfigError
 from .infer import distributed
 from .infer.optim import Optimizer
@@ -239,6 +240,7 @@ class Run:
                     f"{now}; every process's random state is restored, so resume with the same "
                     f"number (torchrun --nproc_per_node {before}, or skipvae fit --nproc {before})"
                 )
+            saved = recorded_config(saved, self.path)
             differences = config_differences(saved, self.config, self.defaults)
             if differences:
                 raise ConfigError(
@@ -257,7 +259,9 @@ class Run:
                 f"{path} has checkpoint format {state.get('format')}, this version reads "
                 f"format {CHECKPOINT_FORMAT}; start a new run"
             )
-        if config_differences(state["config"], self.config):
+        # config.json, checked before, vouches for the refine_kl an older checkpoint lacks
+        refine_kl = self.config.get("train", {}).get("inference_options", {}).get("refine_kl")
+        if config_differences(recorded_config(state["config"], path, refine_kl), self.config):
             raise CheckpointError(
                 f"{path} was written for a different configuration than {CONFIG_FILE}"
             )

@@ -46,7 +46,8 @@ from ..errors import ConfigError
 from .trace_elbo import Trace_ELBO, TraceMeanField_ELBO
 
 COORDINATES = ("log-variance", "log-scale")
-KL_ESTIMATORS = ("analytic", "monte-carlo")
+#: ``"objective"`` is the rule of runs trained before a07db1e (the training objective itself)
+KL_ESTIMATORS = ("analytic", "monte-carlo", "objective")
 
 
 def refinement_elbo(elbo, refine_kl: str = "analytic"):
@@ -59,8 +60,13 @@ def refinement_elbo(elbo, refine_kl: str = "analytic"):
 
     Any :class:`pyro.infer.ELBO` (Trace_ELBO, free bits, IWAE, Rényi, ...) is replaced this
     way; an object that is not one (a hand-written objective with ``differentiable_loss``) is
-    taken as it is, and so is an ELBO of the wanted class already.
+    taken as it is, and so is an ELBO of the wanted class already. ``refine_kl="objective"``
+    takes ``elbo`` as it is: the rule before commit a07db1e (the refinement ascended the
+    training objective with its own KL estimator), kept so runs trained under it resume and
+    are diagnosed as they were trained.
     """
+    if refine_kl == "objective":
+        return elbo
     target = TraceMeanField_ELBO if refine_kl == "analytic" else Trace_ELBO
     if not isinstance(elbo, ELBO) or type(elbo) is target:
         return elbo
@@ -99,8 +105,9 @@ class Refinement:
     :param str refine_coordinates: ``"log-variance"`` (default: (μ, log σ²), the authors'
         coordinates) or ``"log-scale"`` ((μ, log σ)).
     :param str refine_kl: ``"analytic"`` (default: the KL in closed form where prior and guide
-        have one, as the authors' refinement) or ``"monte-carlo"`` (one-sample estimate);
-        see the module docstring.
+        have one, as the authors' refinement), ``"monte-carlo"`` (one-sample estimate) or
+        ``"objective"`` (the training objective itself, the rule of runs trained before
+        commit a07db1e); see the module docstring and :func:`refinement_elbo`.
     """
 
     num_refine_steps: int = 20
