@@ -1,8 +1,6 @@
 """``skipvae compare``: several runs' diagnostics side by side
 (:func:`pyro_skipvae.evaluation.compare_runs`)."""
 
-import os
-
 import click
 
 from .options import handle_errors
@@ -22,18 +20,18 @@ from .options import handle_errors
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Also write OUT.md and OUT.csv (OUT without suffix).",
+    help="Also write OUT.md and OUT.csv (OUT less a .md or .csv suffix; other dotted parts kept).",
 )
 @handle_errors
 def compare(runs, names, fmt, out):
     """One table of several runs' diagnostics side by side (run `skipvae diagnose` first).
     RUNS are run directories holding diagnostics.json, or JSON files."""
-    from pyro_skipvae.evaluation import compare_runs
+    from pyro_skipvae.evaluation import compare_output_paths, compare_runs
 
     markdown, csv_text = compare_runs(
         runs, names=None if names is None else names.split(","), out=out
     )
     click.echo(markdown if fmt == "markdown" else csv_text, nl=False)
     if out is not None:
-        stem = os.path.splitext(out)[0]
-        click.echo(f"written to {stem}.md and {stem}.csv")
+        paths = compare_output_paths(out)
+        click.echo(f"written to {paths['markdown']} and {paths['csv']}")

@@ -1,8 +1,6 @@
 """``skipvae diagnose``: measure posterior collapse of a fitted run and print the table
 (the work is :func:`pyro_skipvae.evaluation.diagnose_run`)."""
 
-import os
-
 import click
 
 from .options import DATA_DIR_OPTION, DEVICE_OPTION, POSITIVE, POSITIVE_FLOAT, handle_errors
@@ -123,11 +121,12 @@ def diagnose(run_dir, num_refine_steps, no_plots, report, quiet, **options):
         + (f", {m['text']}" if "text" in m else "")
     )
     if report:
+        from pyro_skipvae.evaluation import companion_stem
         from pyro_skipvae.report import write_report
 
         path = write_report(
             [run_dir],
-            os.path.splitext(result["paths"]["json"])[0] + ".html",
+            companion_stem(result["paths"]["json"], (".json",)) + ".html",
             diagnostics=[result["paths"]["json"]],
         )
         click.echo(f"report in {path}")

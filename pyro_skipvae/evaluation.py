@@ -393,14 +393,24 @@ def write_outputs(
     return paths
 
 
+def companion_stem(path, suffixes) -> str:
+    """``path`` less its last suffix when that is one of ``suffixes`` (any case), else all
+    of it: the stem companion files are named from, keeping every dotted part of the name
+    (``diag.test.json`` → ``diag.test``, ``diag.test`` → ``diag.test``), so outputs for two
+    splits or two tables never collide."""
+    root, suffix = os.path.splitext(os.fspath(path))
+    return root if suffix.lower() in suffixes else os.fspath(path)
+
+
 def output_paths(run_dir, out=None) -> dict:
     """Where :func:`diagnose_run` writes: ``json``, ``netcdf``, the ``plots`` folder and, for
-    text, the decoded sentences (``text``)."""
+    text, the decoded sentences (``text``); the companions are named from the JSON file's name
+    less ``.json`` (:func:`companion_stem`)."""
     json_path = Path(out) if out is not None else Path(run_dir) / DIAGNOSTICS_FILE
-    stem = json_path.with_suffix("")
+    stem = companion_stem(json_path, (".json",))
     return {
         "json": json_path,
-        "netcdf": stem.with_suffix(".nc"),
+        "netcdf": Path(f"{stem}.nc"),
         "plots": Path(f"{stem}_plots"),
         "text": Path(f"{stem}_text.md"),
     }
@@ -429,8 +439,9 @@ def compare_runs(
 
     :param paths: run directories (holding ``diagnostics.json``) or JSON files.
     :param names: column names (default: the folder name of each run).
-    :param out: if given, also write ``<out>.md`` and ``<out>.csv`` (any suffix of ``out``
-        is dropped), atomically.
+    :param out: if given, also write ``<out>.md`` and ``<out>.csv`` atomically (a ``.md`` or
+        ``.csv`` suffix of ``out`` is dropped, any other dotted part kept:
+        :func:`compare_output_paths`).
     """
     paths = list(paths)
     if not paths:
@@ -446,7 +457,13 @@ def compare_runs(
         named.append((name, load_diagnostics(p)))
     markdown, csv_text = compare_table(named)
     if out is not None:
-        stem = Path(out).with_suffix("")
-        checkpoint.atomic_write_text(stem.with_suffix(".md"), markdown)
-        checkpoint.atomic_write_text(stem.with_suffix(".csv"), csv_text)
+        paths = compare_output_paths(out)
+        checkpoint.atomic_write_text(paths["markdown"], markdown)
+        checkpoint.atomic_write_text(paths["csv"], csv_text)
     return markdown, csv_text
+
+
+def compare_output_paths(out) -> dict:
+    """The ``markdown`` and ``csv`` files :func:`compare_runs` writes for ``out``."""
+    stem = companion_stem(out, (".md", ".csv"))
+    return {"markdown": Path(f"{stem}.md"), "csv": Path(f"{stem}.csv")}
