@@ -41,6 +41,7 @@ from .options import (
     component_options,
     handle_errors,
     merged_options,
+    precision_option,
 )
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,7 @@ def _without_option(arguments, name):
 )
 @click.option("--seed", type=int, default=0)
 @DEVICE_OPTION
+@precision_option("32", "32")
 @click.option(
     "--compile",
     "compile_mode",
@@ -314,6 +316,20 @@ def _without_option(arguments, name):
     help="Run directory [default: runs/<dataset>-<skip-vae|vae|skip-sa-vae|sa-vae>-z<latent-dim>]",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option(
+    "--logger",
+    "loggers",
+    metavar="NAME",
+    multiple=True,
+    help="Live curves besides metrics.jsonl and train.log (repeatable): tensorboard writes "
+    "event files to OUT/tensorboard (pip install 'pyro-skipvae[tensorboard]').",
+)
+@click.option(
+    "--log-every-n-steps",
+    type=POSITIVE,
+    default=50,
+    help="With --logger: the per-step curves every this many steps.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--nproc",
@@ -422,6 +438,7 @@ def _fit(ctx, o):
             device=o["device"],
             seed=o["seed"],
             compile=o["compile_mode"] or False,
+            precision=o["precision"],
         )
         history = vae.fit(
             splits.train,
@@ -429,6 +446,8 @@ def _fit(ctx, o):
             run_dir=run_dir,
             resume=o["resume"],
             progress=not o["quiet"] and main,
+            loggers=o["loggers"],
+            log_every_n_steps=o["log_every_n_steps"],
             run_info={
                 "dataset": splits.name,
                 **{k: o[k] for k in ("train_size", "val_size", "max_length")},

@@ -144,6 +144,17 @@ DATA_DIR_OPTION = click.option(
 DEVICE_OPTION = click.option("--device", type=Device(), default="cpu", help="cpu, cuda or cuda:N")
 
 
+def precision_option(default, default_help):
+    """``--precision 32|bf16-mixed`` (see :mod:`pyro_skipvae.infer.precision`)."""
+    return click.option(
+        "--precision",
+        type=click.Choice(["32", "bf16-mixed"]),
+        default=default,
+        help="32: float32 throughout; bf16-mixed: encoder and decoder under bfloat16 autocast, "
+        f"densities, ELBO, refinement and optimizer in float32  [default: {default_help}]",
+    )
+
+
 def read_config_file(path) -> dict:
     """The mapping in a YAML or JSON file (by suffix); a usage error if it is not one."""
     from pyro_skipvae.config_files import read_mapping

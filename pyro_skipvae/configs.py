@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .infer import ELBOS, INFERENCES, kl_schedule
 from .infer.compile import compile_mode
 from .infer.optim import LR_DECAYS, OPTIMIZERS
+from .infer.precision import precision_mode
 
 #: the components :func:`resolve_components` chooses; the guide is not implied by data
 COMPONENT_KINDS = ("decoder", "encoder", "prior", "likelihood")
@@ -61,10 +62,12 @@ class ModelConfig:
     guide: str = "normal"
     guide_options: dict = field(default_factory=dict)
     compile: bool | str = False
+    precision: str = "32"
 
     def __post_init__(self):
         self.data_shape = tuple(int(d) for d in self.data_shape)
         self.compile = compile_mode(self.compile)
+        self.precision = precision_mode(self.precision)
         check_positive(latent_dim=self.latent_dim)
         if not self.data_shape or min(self.data_shape) < 1:
             raise ConfigError(f"data_shape must be non-empty and positive, found {self.data_shape}")

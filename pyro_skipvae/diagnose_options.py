@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
+from .infer.precision import precision_mode
 
 #: the splits a run can be diagnosed on
 SPLITS = ("test", "val")
@@ -54,6 +55,8 @@ class DiagnoseOptions:
     :param int seed: seed of the Monte-Carlo draws, the IW-NLL subset and the pictures.
     :param device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``, where the model runs
         (see :class:`~pyro_skipvae.SkipVAE`).
+    :param str precision: ``"32"`` or ``"bf16-mixed"``, how the networks run (see
+        :mod:`pyro_skipvae.infer.precision`); default None: the run's own precision.
     :param bool progress: show progress bars.
     :raises ConfigError: an option out of range (a negative count, an unknown split or
         embedding).
@@ -78,9 +81,12 @@ class DiagnoseOptions:
     keep_log_weights: bool = False
     seed: int = 0
     device: str | torch.device | None = None
+    precision: str | None = None
     progress: bool = False
 
     def __post_init__(self):
+        if self.precision is not None:
+            object.__setattr__(self, "precision", precision_mode(self.precision))
         if self.split not in SPLITS:
             raise ConfigError(f"unknown split {self.split!r}; expected one of: {', '.join(SPLITS)}")
         for name in ("eval_size", "nll_size", "classifier_train_size"):

@@ -27,3 +27,7 @@ class NonFiniteLossError(SkipVAEError, FloatingPointError):
 
 class MPSError(SkipVAEError, RuntimeError):
     """CUDA MPS was asked for and its control daemon could not be found, started or reached."""
+
+
+class MissingDependencyError(SkipVAEError, ImportError):
+    """An optional feature's package is not installed; the message names the extra to install."""

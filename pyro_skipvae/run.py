@@ -58,6 +58,8 @@ RESUMABLE_CHANGES = {
     ("run", "device"),
     # compiled and eager networks compute the same function (float rounding aside)
     ("model", "compile"),
+    # the epochs done stay done; the rest run in the new precision (weights are float32 in both)
+    ("model", "precision"),
 }
 SELECTION_METRIC = "val_elbo"
 
@@ -163,6 +165,7 @@ class Run:
     :param dict defaults: see :func:`config_differences`.
     :param int patience: early stopping (:meth:`stalled`); default None: never.
     :param float not_before: no early stop before this epoch (e.g. the end of KL warm-up).
+    :param loggers: live curves (:class:`pyro_skipvae.loggers.Loggers`), given each epoch.
     """
 
     def __init__(
@@ -177,6 +180,7 @@ class Run:
         defaults=None,
         patience=None,
         not_before=0.0,
+        loggers=None,
     ):
         self.path = None if path is None else Path(path)
         self.config = config
@@ -188,6 +192,7 @@ class Run:
         self.history: list[dict] = []
         self.best_score = -math.inf
         self.best_epoch = None
+        self.loggers = loggers
 
     # ------------------------------------------------------------------ start
     def start(self, *, resume: bool, init_from=None) -> None:
@@ -247,6 +252,15 @@ class Run:
                     f"cannot resume {self.path}: its configuration differs in "
                     + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in differences)
                 )
+            # allowed, but the remaining epochs compute differently from those done: say so
+            defaults = (self.defaults or {}).get("model", {})
+            for section, key in sorted(RESUMABLE_CHANGES):
+                old = saved.get(section, {}).get(key, defaults.get(key))
+                new = self.config.get(section, {}).get(key)
+                if section == "model" and old != new:
+                    logger.warning(
+                        "resuming %s with model.%s %r (was %r)", self.path, key, new, old
+                    )
         checkpoint.atomic_write_json(config_path, self.config)
 
     def _initialise(self, init_from):
@@ -290,7 +304,8 @@ class Run:
     def end_epoch(self, record: dict) -> bool:
         """The training loop's ``on_epoch_end``: record and select the epoch, let our
         optimizer decay its rate (``record["learning_rate"]`` is the rate this epoch used),
-        save, and return whether to stop (the rate fell below its minimum, or early stopping).
+        save, log, and return whether to stop (the rate fell below its minimum, or early
+        stopping).
         """
         improved = self.select(record)
         stop = False
@@ -298,6 +313,8 @@ class Run:
             record["learning_rate"] = self.optimizer.learning_rate
             stop = self.optimizer.end_epoch(record["epoch"], improved)
         self.save(improved=improved)
+        if self.loggers is not None:
+            self.loggers.log_epoch(record)
         return stop or self.stalled(self.patience, not_before=self.not_before)
 
     def select(self, record: dict) -> bool:

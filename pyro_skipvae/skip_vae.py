@@ -33,6 +33,8 @@ from .infer import INFERENCES, Optimizer, distributed, kl_schedule, train
 from .infer.compile import check_training, compile_networks
 from .infer.elbos import build_elbo, check_inference
 from .infer.fit import FitData, prepare_data
+from .infer.precision import autocast_networks
+from .loggers import build_loggers
 from .models import DECODERS, LIKELIHOODS, PRIORS, Decoder, Likelihood, Model, Prior
 from .modes import evaluating
 from .run import CHECKPOINT_FORMAT, Run, load_weights, read_weights, weights_state
@@ -104,6 +106,11 @@ class SkipVAE:
         ``"reduce-overhead"`` for CUDA graphs (CUDA only; ``"default"`` elsewhere). Same
         losses within float tolerance, same state-dict keys; what cannot be compiled is
         refused by :meth:`fit` (see :mod:`pyro_skipvae.infer.compile`).
+    :param str precision: ``"32"`` (default) or ``"bf16-mixed"``: the encoder and decoder
+        networks run under bfloat16 :func:`torch.autocast`, while log-likelihoods, KL terms,
+        the ELBO, refinement and optimizer stay in float32 (see
+        :mod:`pyro_skipvae.infer.precision`). Weights are float32 either way, so checkpoints
+        move between precisions. A CUDA device without bfloat16 is refused.
 
     Every component may also be named by import path, ``"module:attribute"`` (a class or
     factory with the registry's signature); the path is stored in ``config.json``.
@@ -129,6 +136,7 @@ class SkipVAE:
         device: str | torch.device | None = None,
         seed: int | None = None,
         compile: bool | str = False,
+        precision: str = "32",
     ) -> None:
         decoder_options, decoder_hidden = _component_options(
             DECODERS, decoder, decoder_options, ("latent_dim", "output_shape", "skip"), hidden_dims
@@ -156,6 +164,7 @@ class SkipVAE:
             _name(guide),
             _component_options(GUIDES, guide, guide_options, ("encoder", "name"))[0],
             compile=compile,
+            precision=precision,
         )
         if seed is not None:
             pyro.set_rng_seed(seed)
@@ -178,6 +187,9 @@ class SkipVAE:
             )
         self.model = Model(prior, decoder, likelihood).to(self.device)
         self.guide = guide.to(self.device)
+        networks = (self.model.decoder, getattr(self.guide, "encoder", encoder))
+        # autocast inside, compile outside: the compiler traces through the autocast region
+        autocast_networks(networks, c.precision, self.device)
         #: the compile mode that runs here (a CUDA-graph mode falls back off CUDA), or False
         self.compiled = compile_networks(
             (self.model.decoder, getattr(self.guide, "encoder", encoder)), c.compile, self.device
@@ -212,6 +224,8 @@ class SkipVAE:
         resume: bool = False,
         run_info: dict[str, Any] | None = None,
         progress: bool = False,
+        loggers: Sequence[Any] = (),
+        log_every_n_steps: int = 50,
         **options: Any,
     ) -> list[dict[str, Any]]:
         """Fit by (semi-amortized) stochastic variational inference; return one metrics
@@ -232,6 +246,9 @@ class SkipVAE:
         :param dict run_info: extra JSON-able facts stored in ``config.json`` under ``"run"``
             and checked on resume (e.g. the data set name).
         :param bool progress: show a progress bar.
+        :param loggers: live curves besides the files: names in
+            :data:`~pyro_skipvae.loggers.LOGGERS` (``"tensorboard"``: ``<run_dir>/tensorboard``)
+            or logger objects; ``log_every_n_steps`` (default 50) paces the per-step curves.
         :param options: the fields of :class:`~pyro_skipvae.configs.TrainConfig`
             (``num_epochs``, ``batch_size``, ``optimizer``, ``learning_rate``, ``clip_norm``,
             ``elbo``, ``inference``, ...), checked by it before any data are touched.
@@ -258,9 +275,14 @@ class SkipVAE:
         # Each rank its own Monte-Carlo noise (the data order comes from the run's generator).
         pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
         inference = self._inference(cfg, sequences=data.sequences)
-        run = self._open_run(run_dir, cfg, inference.optim, run_info, resume=resume)
-        if not run.finished():
-            self._train(inference, data, run, cfg, progress=progress)
+        writers = build_loggers(loggers, log_every_n_steps, data)
+        run = self._open_run(run_dir, cfg, inference.optim, run_info, resume=resume, loggers=writers)
+        writers.start(run)
+        try:
+            if not run.finished():
+                self._train(inference, data, run, cfg, progress=progress)
+        finally:
+            writers.close()
         self.history = run.history
         return self.history
 
@@ -295,6 +317,7 @@ class SkipVAE:
             annealing=kl_schedule(cfg.kl_warmup_epochs, cfg.kl_start, cfg.kl_cycle_epochs),
             evaluate=data.validation(inference, self.model, self.guide),
             on_epoch_end=run.end_epoch,
+            on_step=run.loggers.log_step if run.loggers else None,
             device=self.device,
             progress=progress,
             **data.loop_options(),
@@ -328,7 +351,7 @@ class SkipVAE:
             min_learning_rate=cfg.min_learning_rate,
         )
 
-    def _open_run(self, run_dir, cfg: configs.TrainConfig, optimizer, run_info, *, resume) -> Run:
+    def _open_run(self, run_dir, cfg, optimizer, run_info, *, resume, **logging) -> Run:
         """Start the run (write, or check and restore from, its folder), give every rank the
         same weights and put the networks in training mode."""
         world = distributed.world_size()
@@ -353,6 +376,7 @@ class SkipVAE:
             },
             patience=cfg.early_stopping_patience,
             not_before=cfg.kl_warmup_epochs,
+            **logging,
         )
         run.start(resume=resume, init_from=cfg.init_from)
         distributed.broadcast_states(self.model, self.guide)

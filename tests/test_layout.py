@@ -20,7 +20,7 @@ LAYERS = [
     {"report"},
     {"sweep", "evaluation"},
     {"skip_vae"},
-    {"configs", "run", "diagnose_options"},
+    {"configs", "run", "diagnose_options", "loggers"},
     {"infer"},
     {"diagnostics", "models", "guides"},
     {"data", "flows"},

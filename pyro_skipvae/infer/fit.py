@@ -68,6 +68,7 @@ def train(
     collate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     evaluate: Callable[[], dict] | None = None,
     on_epoch_end: Callable[[dict], bool | None] | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
     device=None,
     progress: bool = False,
 ) -> list[dict]:
@@ -81,7 +82,10 @@ def train(
     per-datapoint objective, −loss / N: the β-weighted bound while β < 1, the ELBO
     afterwards), ``beta``, ``seconds`` and whatever ``evaluate`` returns, keys prefixed
     ``val_``. ``on_epoch_end(record)`` is where callers checkpoint; it returns True to stop
-    training early.
+    training early. ``on_step(step, values)``, if given, follows every step: ``step`` counts
+    the steps done, epoch × ⌈N / batch_size⌉ + the minibatch's number from 1, so a resumed
+    run continues the count; ``values`` holds the minibatch's ``train_elbo`` (−loss / N) and
+    ``beta`` (live curves, :mod:`pyro_skipvae.loggers`).
 
     ``data`` may stay on the CPU (so ``generator`` can be a CPU generator); each minibatch
     is moved to ``device``. All randomness comes from ``generator`` and the global RNGs, so
@@ -120,8 +124,9 @@ def train(
             epoch_batches = list(batches(generator))
             bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
             steps = (collate(epoch_data, index) for index in epoch_batches)
+            after_step = on_step and _numbered(on_step, epoch * num_batches)
             total, beta = _epoch_steps(
-                inference, steps, epoch_batches, epoch, size, annealing, device, bar
+                inference, steps, epoch_batches, epoch, size, annealing, device, bar, after_step
             )
             (total,) = distributed.sum_across_ranks(total)
             record = {"epoch": epoch + 1, "train_elbo": total / size, "beta": beta}
@@ -169,6 +174,11 @@ class FitData:
     @property
     def sequences(self) -> bool:
         return self.lengths is not None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Minibatches per epoch, ⌈N / batch_size⌉, as :func:`train` numbers its steps."""
+        return math.ceil(self.train.shape[0] / self.batch_size)
 
     def loop_options(self) -> dict:
         """The ``transform``, ``batches`` and ``collate`` of :func:`train`: dynamic
@@ -267,10 +277,15 @@ def _binarize_dynamic(x: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return binarize(x, "dynamic", generator)
 
 
-def _epoch_steps(inference, minibatches, batches, epoch, size, annealing, device, bar):
+def _numbered(on_step, first):
+    """``on_step`` called with the run's step number from the epoch's minibatch number."""
+    return lambda batch, values: on_step(first + batch + 1, values)
+
+
+def _epoch_steps(inference, minibatches, batches, epoch, size, annealing, device, bar, on_step):
     """One epoch's steps of :func:`train`: return the sum over its minibatches of
     −loss / N · (minibatch size), whose total over the ranks divided by N is ``train_elbo``,
-    and the last step's β."""
+    and the last step's β; ``on_step(batch, values)`` after each step, if given."""
     total, seen = 0.0, 0
     for batch, (index, x) in enumerate(zip(batches, minibatches, strict=True)):
         beta = annealing(epoch + batch / len(batches))
@@ -288,6 +303,8 @@ def _epoch_steps(inference, minibatches, batches, epoch, size, annealing, device
         # loss ≈ −N · (per-datapoint objective); weight each batch by its size.
         total += -loss / size * len(index)
         seen += len(index)
+        if on_step is not None:
+            on_step(batch, {"train_elbo": -loss / size, "beta": beta})
         bar.update()
         if batch % 20 == 0:
             bar.set_postfix(elbo=f"{total / seen:.2f}", beta=f"{beta:.2f}")
