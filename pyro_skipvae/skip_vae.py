@@ -275,14 +275,16 @@ class SkipVAE:
         # Each rank its own Monte-Carlo noise (the data order comes from the run's generator).
         pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
         inference = self._inference(cfg, sequences=data.sequences)
-        writers = build_loggers(loggers, log_every_n_steps, data)
-        run = self._open_run(run_dir, cfg, inference.optim, run_info, resume=resume, loggers=writers)
-        writers.start(run)
+        loggers = build_loggers(loggers, log_every_n_steps, data)
+        run = self._open_run(
+            run_dir, cfg, inference.optim, run_info, resume=resume, loggers=loggers
+        )
+        loggers.start(run)
         try:
             if not run.finished():
                 self._train(inference, data, run, cfg, progress=progress)
         finally:
-            writers.close()
+            loggers.close()
         self.history = run.history
         return self.history
 
