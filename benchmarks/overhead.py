@@ -30,7 +30,14 @@ binarised for Bernoulli likelihoods). The hand-written step computes log p(x|z) 
 own distribution otherwise, and the single-sample Monte-Carlo ELBO (Trace_ELBO's estimator).
 
     OMP_NUM_THREADS=1 python benchmarks/overhead.py [--repeats 15] [--steps 20] [--threads 1]
-        [--decoder mlp] [--device cpu|cuda] [--sides ...] [--epoch] [--save]
+        [--decoder mlp] [--device cpu|cuda] [--sides ...] [--precision 32|bf16-mixed]
+        [--epoch] [--save]
+
+``--precision bf16-mixed`` compares mixed precision on both sides: ``SkipVAE(precision=
+"bf16-mixed")`` on the Pyro sides, the hand-written step with its two network calls under
+``torch.autocast(bfloat16)`` (outputs cast to float32). ``--dataset ptb`` takes the text
+model's components from the vocabulary (LSTM encoder and decoder, categorical likelihood;
+size them with ``--decoder-option``/``--encoder-option``) and trims each minibatch.
 
 ``--compile [MODE]`` compiles encoder and decoder with ``torch.compile`` on every side, as
 ``SkipVAE(compile=MODE)`` does (alone: mode ``default``; ``reduce-overhead`` adds CUDA graphs;
@@ -67,14 +74,21 @@ RESULTS = Path(__file__).parent / "results" / "overhead.jsonl"
 SIDES = ("pyro", "torch", "torch-fused", "pyro-unfused", "pyro-syncs", "stock")
 
 
-def torch_step(vae, optimizer, x):
+def torch_step(vae, optimizer, x, mixed=False):
     """One ELBO step written directly in PyTorch, mirroring Trace_ELBO's estimator, on the
-    per-datapoint loss (the minibatch mean)."""
+    per-datapoint loss (the minibatch mean). ``mixed``: the two networks' calls under
+    bfloat16 autocast, their outputs cast to float32, as a user writes mixed precision by hand
+    (the densities, the loss and the optimizer stay float32)."""
     encoder, decoder, likelihood = vae.guide.encoder, vae.model.decoder, vae.model.likelihood
-    loc, log_var = encoder(x)
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed)
+    with autocast:
+        loc, log_var = encoder(x)
+    loc, log_var = loc.float(), log_var.float()
     scale = (0.5 * log_var).exp()
     z = loc + scale * torch.randn_like(loc)
-    params = decoder(z, x) if decoder.autoregressive else decoder(z)
+    with autocast:
+        params = decoder(z, x) if decoder.autoregressive else decoder(z)
+    params = params.float()
     if type(likelihood).__name__ == "BernoulliLikelihood":
         log_lik = (
             -torch.nn.functional.binary_cross_entropy_with_logits(params, x, reduction="none")
@@ -152,6 +166,13 @@ def main():
         choices=COMPILE_MODES,
         help="torch.compile encoder and decoder on every side, with this mode (alone: default)",
     )
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16-mixed"],
+        help="bf16-mixed: SkipVAE(precision='bf16-mixed') on the Pyro sides, the hand-written "
+        "sides' networks under torch.autocast(bfloat16)",
+    )
     parser.add_argument("--save", action="store_true", help=f"append the JSON result to {RESULTS}")
     args = parser.parse_args()
     if args.threads:
@@ -167,18 +188,32 @@ def main():
         data[i * args.batch_size : (i + 1) * args.batch_size].to(args.device)
         for i in range(args.steps)
     ]
+    # text (--dataset ptb): the data's own components (LSTMs, the categorical likelihood over
+    # the vocabulary), and each minibatch trimmed to its longest sentence as training does
+    components = {
+        "decoder": args.decoder,
+        "encoder": args.encoder,
+        "likelihood": args.likelihood,
+        "decoder_options": options(args.decoder_option),
+        "encoder_options": options(args.encoder_option),
+    }
+    if splits.vocabulary is not None:
+        implied = splits.vocabulary.model_options()
+        components.update(implied, decoder_options=components["decoder_options"])
+        components["encoder_options"] = {
+            **implied["encoder_options"],
+            **options(args.encoder_option),
+        }
+        batches = [b[:, : int((b > 0).sum(1).max())] for b in batches]
 
-    def make_vae():
+    def make_vae(precision=args.precision):
         vae = SkipVAE(
             splits.data_shape,
-            decoder=args.decoder,
-            decoder_options=options(args.decoder_option),
-            encoder=args.encoder,
-            encoder_options=options(args.encoder_option),
-            likelihood=args.likelihood,
+            **components,
             seed=0,
             device=args.device,
             compile=args.compile or False,  # the same compiled networks on the torch side
+            precision=precision,
         )
         return vae
 
@@ -200,11 +235,12 @@ def main():
         return step
 
     def hand_written(fused):
-        vae = make_vae()
+        vae = make_vae(precision="32")  # autocast written by hand in torch_step instead
         optimizer = torch.optim.Adam(
             vae.parameters(), lr=1e-3, **({"fused": True} if fused else {})
         )
-        return lambda x: torch_step(vae, optimizer, x)
+        mixed = args.precision == "bf16-mixed"
+        return lambda x: torch_step(vae, optimizer, x, mixed=mixed)
 
     steps = {
         name: hand_written(name == "torch-fused") if name.startswith("torch") else pyro_step(name)
@@ -269,6 +305,7 @@ def main():
         "ratios": {n: round(r, 4) for n, r in ratio.items()},
         "decoder": args.decoder,
         "compiled": args.compile,
+        "precision": args.precision,
         "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
