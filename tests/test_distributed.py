@@ -290,9 +290,11 @@ def _env():
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, data_dir, skipvae_exe):
-    """A 2-process run through `skipvae fit --nproc 2` (4 epochs of 500 MNIST images)."""
+    """A 2-process run through `skipvae fit --nproc 2` (4 epochs of 500 MNIST images), with
+    TensorBoard curves (a logger leaves the training as it is)."""
     out = tmp_path_factory.mktemp("two-process") / "run"
     args = ["fit", "--data-dir", str(data_dir), *SMALL, "--seed", "5", "--out", str(out)]
+    args += ["--logger", "tensorboard", "--log-every-n-steps", "5"]
     done = subprocess.run(
         [skipvae_exe, *args, "--nproc", "2"], env=_env(), capture_output=True, text=True
     )
@@ -307,9 +309,17 @@ def test_two_process_fit_writes_one_run_folder(two_process_run):
         "checkpoint.pt",
         "config.json",
         "metrics.jsonl",
+        "tensorboard",
         "train.log",
     ]
     assert stdout.count("results in") == 1, "only rank 0 prints"
+    (events,) = (out / "tensorboard").iterdir()  # only rank 0 writes
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = EventAccumulator(str(events)).Reload()
+    # the global minibatches of 50 count the steps: 10 an epoch, whatever the processes
+    assert [e.step for e in curves.Scalars("train/elbo")] == list(range(5, 41, 5))
+    assert [e.step for e in curves.Scalars("val/elbo")] == [10, 20, 30, 40]
     log = (out / "train.log").read_text()
     for epoch in (1, 2, 3, 4):
         assert log.count(f"epoch {epoch}: {{'epoch': {epoch}, ") == 1, "only rank 0 logs"
