@@ -407,6 +407,7 @@ def _fit(ctx, o):
     from pyro_skipvae.configs import TrainConfig, resolve_components
     from pyro_skipvae.data import load_dataset
     from pyro_skipvae.infer import distributed
+    from pyro_skipvae.lock import locked
     from pyro_skipvae.run import train_log
 
     main = distributed.is_main()
@@ -425,7 +426,7 @@ def _fit(ctx, o):
     given = {kind: o[kind] for kind in MODEL_KINDS}
     given.update({f"{kind}_options": merged_options(ctx, o, kind) for kind in MODEL_KINDS})
     run_dir = o["run_dir"] or default_run_dir(splits.name, o)
-    with train_log(run_dir):
+    with locked(run_dir, "skipvae fit", enabled=main), train_log(run_dir):
         logger.info("skipvae fit %s", " ".join(map(shlex.quote, ctx.meta["arguments"])))
         vae = SkipVAE(
             splits.data_shape,

@@ -25,6 +25,11 @@ class NonFiniteLossError(SkipVAEError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left untouched."""
 
 
+class RunLockedError(SkipVAEError, RuntimeError):
+    """Another process holds the run folder's lock (:mod:`pyro_skipvae.lock`); the message
+    names it (host, pid, since when)."""
+
+
 class MPSError(SkipVAEError, RuntimeError):
     """CUDA MPS was asked for and its control daemon could not be found, started or reached."""
 

@@ -45,6 +45,7 @@ from .diagnostics.tables import compare_table
 from .diagnostics.text import text_report
 from .errors import CheckpointError, ConfigError, DataError
 from .infer import ELBOS, Refinement, refined_guide
+from .lock import locked
 from .modes import evaluating
 from .run import BEST_FILE, CONFIG_FILE, read_config
 from .skip_vae import SkipVAE
@@ -114,14 +115,18 @@ def diagnose_run(
     :raises TypeError: an unknown keyword (the message lists the options).
     """
     options = DiagnoseOptions.from_keywords(options, **keywords)
-    run = load_run(run_dir, options)
-    split = prepare_split(run, options)
-    guide, refinement = run_refinement(
-        run.vae, run.config, options.num_refine_steps, run_dir=run.run_dir
-    )
-    with evaluating(run.vae.model, run.vae.guide):
-        result = diagnose_split(run, split, guide, refinement, options)
-        paths = write_outputs(run, split, result, options)
+    # writing into the run folder: one writer at a time (lock); elsewhere it only reads it
+    out_dir = output_paths(run_dir, options.out)["json"].resolve().parent
+    into_run = out_dir == Path(run_dir).resolve()
+    with locked(run_dir, "skipvae diagnose", enabled=into_run and Path(run_dir).is_dir()):
+        run = load_run(run_dir, options)
+        split = prepare_split(run, options)
+        guide, refinement = run_refinement(
+            run.vae, run.config, options.num_refine_steps, run_dir=run.run_dir
+        )
+        with evaluating(run.vae.model, run.vae.guide):
+            result = diagnose_split(run, split, guide, refinement, options)
+            paths = write_outputs(run, split, result, options)
     return {
         "metrics": result["metrics"],
         "paths": {k: str(v) for k, v in paths.items()},

@@ -34,6 +34,7 @@ from .infer.compile import check_training, compile_networks
 from .infer.elbos import build_elbo, check_inference
 from .infer.fit import FitData, prepare_data
 from .infer.precision import autocast_networks
+from .lock import holding_lock
 from .loggers import build_loggers
 from .models import DECODERS, LIKELIHOODS, PRIORS, Decoder, Likelihood, Model, Prior
 from .modes import evaluating
@@ -215,6 +216,7 @@ class SkipVAE:
         return list(dict.fromkeys([*self.model.parameters(), *self.guide.parameters()]))
 
     # ------------------------------------------------------------------ training
+    @holding_lock("fit", enabled=distributed.is_main)  # one writer per run folder
     def fit(
         self,
         train_data: torch.Tensor,
@@ -262,6 +264,7 @@ class SkipVAE:
         :raises ConfigError: bad options, or ``resume`` against a different configuration.
         :raises DataError: data of the wrong shape, non-finite, or outside the likelihood's support.
         :raises NonFiniteLossError: a NaN/inf loss; the last checkpoint stays intact.
+        :raises RunLockedError: another process writes into ``run_dir`` (:mod:`~pyro_skipvae.lock`).
 
         **Sequences** (a likelihood that counts tokens, :meth:`~pyro_skipvae.models.Likelihood.num_tokens`,
         e.g. padded text): minibatches are drawn by length and trimmed to their longest

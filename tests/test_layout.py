@@ -29,6 +29,7 @@ LAYERS = [
         "checks",
         "config_files",
         "errors",
+        "lock",
         "modes",
         "mps",
         "names",
