@@ -1,5 +1,7 @@
 """``skipvae sweep``: fit and diagnose every cell of a grid (:mod:`pyro_skipvae.sweep`)."""
 
+import shlex
+
 import click
 
 from .options import POSITIVE, handle_errors
@@ -7,7 +9,7 @@ from .options import POSITIVE, handle_errors
 
 @click.command()
 @click.argument("grid_file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep folder.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep folder.")
 @click.option("--jobs", type=POSITIVE, default=1, help="Cells run side by side.")
 @click.option(
     "--mps",
@@ -19,13 +21,48 @@ from .options import POSITIVE, handle_errors
     "yourself (CUDA_MPS_PIPE_DIRECTORY) is used as it is.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--list", "list_cells", is_flag=True, help="Print the cells: index, name, fit and diagnose."
+)
+@click.option(
+    "--cell",
+    type=click.IntRange(min=0),
+    default=None,
+    envvar="SLURM_ARRAY_TASK_ID",
+    help="Run exactly this cell (0-based, as --list numbers them), resumably; safe beside other "
+    "cells writing to the same OUT  [default: $SLURM_ARRAY_TASK_ID when set]",
+)
+@click.option(
+    "--collect", is_flag=True, help="Rebuild OUT/results.csv from the cell folders, run nothing."
+)
 @handle_errors
-def sweep(grid_file, out, jobs, mps, quiet):
+def sweep(grid_file, out, jobs, mps, quiet, list_cells, cell, collect):
     """Fit and diagnose every cell of a grid (YAML or JSON), resumably; one row per cell in
-    OUT/results.csv. See pyro_skipvae.sweep for the grid format."""
-    from pyro_skipvae.sweep import run_sweep
+    OUT/results.csv. See pyro_skipvae.sweep for the grid format. With --list, --cell or
+    --collect, the cells can be spread over a job scheduler (README: SLURM, GNU parallel)."""
+    from pyro_skipvae import sweep as sweeps
 
-    summary = run_sweep(grid_file, out, jobs=jobs, mps=mps, progress=not quiet)
+    if list_cells:
+        for i, each in enumerate(sweeps.grid_cells(grid_file)):
+            fit, diagnose = sweeps.cell_commands(each, out or "OUT")
+            click.echo(f"{i}\t{each.name}\t{shlex.join(fit)}\t{shlex.join(diagnose)}")
+        return
+    if out is None:
+        raise click.UsageError("--out is required (except with --list)")
+    if collect:
+        summary = sweeps.collect(grid_file, out)
+        click.echo(
+            f"{summary['cells']} cells: {summary['ok']} ok, {summary['failed']} failed, "
+            f"{summary['missing']} not run; results in {summary['results']}"
+        )
+        return
+    if cell is not None:
+        row = sweeps.run_cell(grid_file, out, cell)
+        click.echo(f"cell {cell} ({row['cell']}): {row['status']} {row.get('error') or ''}")
+        if row["status"] != "ok":
+            raise SystemExit(1)
+        return
+    summary = sweeps.run_sweep(grid_file, out, jobs=jobs, mps=mps, progress=not quiet)
     click.echo(
         f"{summary['cells']} cells: {summary['ok']} run, {summary['skipped']} already done, "
         f"{summary['failed']} failed; results in {summary['results']}"

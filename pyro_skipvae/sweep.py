@@ -59,11 +59,14 @@ from pathlib import Path
 from . import checkpoint
 from . import mps as cuda_mps
 from .config_files import read_mapping
-from .errors import ConfigError
+from .errors import ConfigError, RunLockedError
+from .lock import locked
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
+#: a cell's own row, written when it finishes: what --collect and --cell build results.csv from
+ROW_FILE = "row.json"
 #: options whose False is spelled ``--no-<option>`` on the command line
 NEGATABLE = {"skip"}
 #: the columns of results.csv, in order
@@ -245,15 +248,29 @@ def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None, mps="auto"
     return summary
 
 
+def cell_commands(cell: Cell, out, cli=("skipvae",)) -> tuple[list[str], list[str]]:
+    """The ``skipvae fit`` and ``skipvae diagnose`` commands of a cell of a sweep into ``out``
+    (the fit without ``--resume``: the sweep adds it when the folder holds a run)."""
+    folder = Path(out) / "cells" / cell.name
+    fit = [*cli, "fit", *command_arguments(cell.fit), "--out", str(folder), "--quiet"]
+    diagnose = [*cli, "diagnose", str(folder), *command_arguments(cell.diagnose), "--quiet"]
+    return fit, diagnose
+
+
 def _run_cell(cell: Cell, out: Path, python: str, env: dict) -> dict:
-    """Fit (resuming if the folder holds a run) and diagnose one cell; never raises."""
+    """Fit (resuming if the folder holds a run) and diagnose one cell, and write its row to
+    ``cells/<cell>/row.json``; never raises."""
+    row = _fit_and_diagnose(cell, out, python, env)
+    checkpoint.atomic_write_json(out / "cells" / cell.name / ROW_FILE, row)
+    return row
+
+
+def _fit_and_diagnose(cell: Cell, out: Path, python: str, env: dict) -> dict:
     folder = out / "cells" / cell.name
     folder.mkdir(parents=True, exist_ok=True)
-    cli = [python, "-m", "pyro_skipvae.cli.main"]
-    fit = [*cli, "fit", *command_arguments(cell.fit), "--out", str(folder), "--quiet"]
+    fit, diagnose = cell_commands(cell, out, (python, "-m", "pyro_skipvae.cli.main"))
     if (folder / "config.json").exists():
         fit.append("--resume")
-    diagnose = [*cli, "diagnose", str(folder), *command_arguments(cell.diagnose), "--quiet"]
     started = time.perf_counter()
     with open(folder / "log.txt", "a") as log:
         for command in (fit, diagnose):
@@ -341,3 +358,69 @@ def _write_rows(path: Path, rows: dict, order: list[str]) -> None:
         if name in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in rows[name].items()})
     checkpoint.atomic_write_text(path, buffer.getvalue())
+
+
+def grid_cells(grid_file) -> list[Cell]:
+    """The cells of a grid file, in the order ``--cell`` numbers them (from 0)."""
+    return expand_grid(read_mapping(grid_file))
+
+
+def run_cell(grid_file, out, index: int, *, python=None) -> dict:
+    """Run exactly cell ``index`` of ``grid_file`` into ``out`` (resumably: a cell whose row
+    says ``ok`` is not rerun), then rebuild ``results.csv`` from every finished cell's row.
+
+    Cells may run as separate, concurrent processes, on separate hosts sharing the folder
+    (a job array): each writes only its own folder, and the CSV is rebuilt from the cells'
+    ``row.json`` files under the sweep folder's lock (:mod:`pyro_skipvae.lock`), so no
+    row is lost or interleaved. Returns the cell's row.
+
+    :raises ConfigError: ``index`` outside ``0 .. number of cells - 1``.
+    """
+    cells = grid_cells(grid_file)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cells):
+        raise ConfigError(
+            f"cell: expected an index from 0 to {len(cells) - 1} ({len(cells)} cells in "
+            f"{grid_file}), found {index!r}"
+        )
+    cell, out = cells[index], Path(out)
+    row = _read_row(out, cell)
+    if row is None or row.get("status") != "ok":
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        row = _run_cell(cell, out, python or sys.executable, env)
+    collect(grid_file, out)
+    return row
+
+
+def collect(grid_file, out) -> dict:
+    """Rebuild ``out/results.csv`` from the cells' ``row.json`` files (cells of the grid in
+    grid order, then any others found); return ``{"cells", "ok", "failed", "missing",
+    "results"}``. Waits (up to 10 minutes) for another process rebuilding it."""
+    cells, out = grid_cells(grid_file), Path(out)
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            with locked(out, "sweep results.csv"):
+                # read under the lock: a cell finishing meanwhile rebuilds after this one
+                rows = {c.name: row for c in cells if (row := _read_row(out, c)) is not None}
+                _write_rows(out / RESULTS_FILE, rows, [c.name for c in cells])
+            break
+        except RunLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    ok = sum(r.get("status") == "ok" for r in rows.values())
+    return {
+        "cells": len(cells),
+        "ok": ok,
+        "failed": len(rows) - ok,
+        "missing": len(cells) - len(rows),
+        "results": str(out / RESULTS_FILE),
+    }
+
+
+def _read_row(out: Path, cell: Cell) -> dict | None:
+    try:
+        return json.loads((out / "cells" / cell.name / ROW_FILE).read_text())
+    except (OSError, ValueError):
+        return None
