@@ -216,7 +216,7 @@ class SkipVAE:
         return list(dict.fromkeys([*self.model.parameters(), *self.guide.parameters()]))
 
     # ------------------------------------------------------------------ training
-    @holding_lock("fit", enabled=distributed.is_main)  # one writer per run folder
+    @holding_lock("fit", enabled=distributed.is_main)  # RunLockedError if run_dir is in use
     def fit(
         self,
         train_data: torch.Tensor,
@@ -264,7 +264,6 @@ class SkipVAE:
         :raises ConfigError: bad options, or ``resume`` against a different configuration.
         :raises DataError: data of the wrong shape, non-finite, or outside the likelihood's support.
         :raises NonFiniteLossError: a NaN/inf loss; the last checkpoint stays intact.
-        :raises RunLockedError: another process writes into ``run_dir`` (:mod:`~pyro_skipvae.lock`).
 
         **Sequences** (a likelihood that counts tokens, :meth:`~pyro_skipvae.models.Likelihood.num_tokens`,
         e.g. padded text): minibatches are drawn by length and trimmed to their longest
