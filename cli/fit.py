@@ -133,7 +133,8 @@ def _without_option(arguments, name):
 @click.option(
     "--guide",
     default="normal",
-    help=COMPONENTS["guide"] + PLUGIN + " (normal: diagonal Gaussian q; flow: q through an "
+    help=COMPONENTS["guide"] + PLUGIN + " (normal: diagonal Gaussian q; bn-normal: its means "
+    "batch-normalised to a fixed scale, BN-VAE, --guide-option gamma=γ; flow: q through an "
     "autoregressive flow)",
 )
 @component_options("guide")
@@ -179,8 +180,11 @@ def _without_option(arguments, name):
 @click.option(
     "--inference",
     default="svi",
-    help="svi: amortized SVI; semi-amortized: refine each minibatch's q with SGD (SA-VAE).",
+    help=COMPONENTS["inference"] + PLUGIN + " (svi: amortized SVI; semi-amortized: refine each "
+    "minibatch's q with SGD (SA-VAE); aggressive: encoder-only steps before each model step "
+    "until the validation MI stops rising, He et al. 2019)",
 )
+@component_options("inference")
 @click.option(
     "--sa-mode",
     type=click.Choice(SEMI_AMORTIZED_MODES),
@@ -386,10 +390,12 @@ def train_options(ctx, o) -> dict:
     if o["renyi_alpha"] is not None:  # --renyi-alpha is elbo_options['alpha']
         elbo_options["alpha"] = o["renyi_alpha"]
     refinement = {option: o[flag] for flag, option in REFINEMENT_OPTIONS.items()}
+    inference_options = merged_options(ctx, o, "inference")  # the --sa-* flags win
+    inference_options.update({k: v for k, v in refinement.items() if v is not None})
     return {
         **{name: o[name] for name in TRAIN_FIELDS},
         "elbo_options": elbo_options,
-        "inference_options": {k: v for k, v in refinement.items() if v is not None},
+        "inference_options": inference_options,
         "binarize": o["binarize"] or default_binarization(o["dataset"]),
     }
 

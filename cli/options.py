@@ -31,11 +31,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPONENTS = {
     "decoder": "mlp | pixelcnn | lstm",
     "encoder": "mlp | conv | lstm",
-    "guide": "normal | flow",
+    "guide": "normal | bn-normal | flow",
     "prior": "normal | learned-normal | mixture | vamp | flow",
     "likelihood": "bernoulli | continuous-bernoulli | normal | categorical | discretized-logistic",
     "elbo": "trace | mean-field | tracegraph | renyi | iwae | jit | free-bits",
-    "inference": "svi | semi-amortized",
+    "inference": "svi | semi-amortized | aggressive",
 }
 #: how the defaults of the components text data sets imply read in --help (the rule itself:
 #: pyro_skipvae.configs.resolve_components)

@@ -166,6 +166,7 @@ class Run:
     :param int patience: early stopping (:meth:`stalled`); default None: never.
     :param float not_before: no early stop before this epoch (e.g. the end of KL warm-up).
     :param loggers: live curves (:class:`pyro_skipvae.loggers.Loggers`), given each epoch.
+    :param inference: the inference object, checkpointed if it has ``get_state``/``set_state``.
     """
 
     def __init__(
@@ -181,6 +182,7 @@ class Run:
         patience=None,
         not_before=0.0,
         loggers=None,
+        inference=None,
     ):
         self.path = None if path is None else Path(path)
         self.config = config
@@ -193,6 +195,7 @@ class Run:
         self.best_score = -math.inf
         self.best_epoch = None
         self.loggers = loggers
+        self.inference = inference if hasattr(inference, "get_state") else None
 
     # ------------------------------------------------------------------ start
     def start(self, *, resume: bool, init_from=None) -> None:
@@ -293,6 +296,8 @@ class Run:
         self.generator.set_state(state["generator"])
         self.history = list(state["history"])
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        if self.inference is not None:  # e.g. AggressiveSVI's phase
+            self.inference.set_state(state["inference"])
 
     # ------------------------------------------------------------------ each epoch
     def finished(self) -> bool:
@@ -359,6 +364,7 @@ class Run:
             history=self.history,
             best_score=self.best_score,
             best_epoch=self.best_epoch,
+            **({"inference": self.inference.get_state()} if self.inference is not None else {}),
         )
         checkpoint.atomic_save(state, self.path / CHECKPOINT_FILE)
         self._write_metrics()

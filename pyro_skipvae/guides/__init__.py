@@ -2,10 +2,11 @@
 
 from .conv import ConvEncoder
 from .encoders import ENCODERS, Encoder, MLPEncoder
-from .guide import GUIDES, FlowGuide, Guide
+from .guide import GUIDES, BatchNormGuide, FlowGuide, Guide
 from .lstm import LSTMEncoder
 
 __all__ = [
+    "BatchNormGuide",
     "ConvEncoder",
     "ENCODERS",
     "Encoder",

@@ -1,5 +1,6 @@
 """Inference: objectives, algorithms, the optimizer, the training loop and KL annealing."""
 
+from .aggressive import AggressiveSVI
 from .annealing import CyclicalAnnealing, LinearWarmup, kl_schedule
 from .elbos import ELBOS, INFERENCES, JitELBO, PerDatapointBound
 from .fit import train
@@ -11,6 +12,7 @@ from .semi_amortized import SemiAmortizedSVI
 from .svi import SVI
 
 __all__ = [
+    "AggressiveSVI",
     "CyclicalAnnealing",
     "ELBOS",
     "FreeBitsELBO",

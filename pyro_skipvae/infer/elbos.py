@@ -37,6 +37,7 @@ from pyro.infer import (
 from ..errors import ConfigError
 from ..registry import Registry
 from . import distributed
+from .aggressive import AggressiveSVI
 from .free_bits import FreeBitsELBO
 from .semi_amortized import SemiAmortizedSVI
 from .svi import SVI
@@ -265,6 +266,7 @@ def iwae_elbo(num_particles=5):
 INFERENCES = Registry("inference")
 INFERENCES.register("svi", SVI)  # pyro.infer.SVI, without a per-step gradient re-allocation
 INFERENCES.register("semi-amortized", SemiAmortizedSVI)  # Kim et al. 2018; options in its docstring
+INFERENCES.register("aggressive", AggressiveSVI)  # He et al. 2019; options in its docstring
 
 
 def build_elbo(elbo, *, num_particles: int = 1, options: dict | None = None) -> ELBO:

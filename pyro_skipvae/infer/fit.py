@@ -2,7 +2,10 @@
 
 ``inference`` may be :class:`pyro.infer.SVI` (any ELBO), :class:`SemiAmortizedSVI`, or any
 object whose ``step`` takes a minibatch plus the keyword arguments ``size`` (data-set size,
-for the plate) and ``beta`` (KL weight) and returns the loss as a float.
+for the plate) and ``beta`` (KL weight) and returns the loss as a float. An inference whose
+training has phases (:class:`~pyro_skipvae.infer.aggressive.AggressiveSVI`) may also have
+``begin_epoch(draw, validation=...)``, given a function that draws a fresh random training
+minibatch, and ``end_epoch(record)``, called after validation; the loop calls them if present.
 
 Besides :func:`train`, the loop's inputs: :func:`prepare_data` turns a fit's data into
 :class:`FitData` (the training tensor with its batching, the validation set), whose
@@ -122,6 +125,9 @@ def train(
             started = time.perf_counter()
             epoch_data = transform(data, generator) if transform else data
             epoch_batches = list(batches(generator))
+            if hasattr(inference, "begin_epoch"):
+                draw = _minibatch_draw(epoch_data, epoch_batches, collate, generator, device)
+                inference.begin_epoch(draw, validation=evaluate is not None)
             bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
             steps = (collate(epoch_data, index) for index in epoch_batches)
             after_step = on_step and _numbered(on_step, epoch * num_batches)
@@ -137,6 +143,8 @@ def train(
                             f"val_{key} is {value} after epoch {epoch + 1}; the last checkpoint is untouched"
                         )
                     record[f"val_{key}"] = value
+            if hasattr(inference, "end_epoch"):
+                inference.end_epoch(record)
             record["seconds"] = time.perf_counter() - started
             shown = {k: v for k, v in record.items() if k.startswith("val_") and _is_number(v)}
             bar.set_postfix({k: f"{float(v):.2f}" for k, v in shown.items()})
@@ -275,6 +283,19 @@ class Validation:
 
 def _binarize_dynamic(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return binarize(x, "dynamic", generator)
+
+
+def _minibatch_draw(data, batches, collate, generator, device):
+    """A function returning one of the epoch's minibatches chosen at random (as the lagging
+    encoder code draws its fresh minibatches): from the run's ``generator``, so every rank of
+    a data-parallel run draws its share of the same global minibatch and a resumed run the
+    same ones."""
+
+    def draw():
+        index = batches[torch.randint(len(batches), (1,), generator=generator).item()]
+        return _to_device(collate(data, index), device)
+
+    return draw
 
 
 def _numbered(on_step, first):
