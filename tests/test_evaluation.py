@@ -26,11 +26,12 @@ OPTION_NAMES = [f.name for f in dataclasses.fields(DiagnoseOptions)]
 
 
 # ---------------------------------------------------------------- DiagnoseOptions
-def test_options_are_the_sixteen_keywords_of_diagnose_run_plus_progress():
+def test_options_are_the_seventeen_keywords_of_diagnose_run_plus_progress():
     assert OPTION_NAMES == [
         "split", "num_samples", "nll_size", "eval_size", "dataset", "data_dir",
         "num_refine_steps", "out", "classifier_train_size", "accuracy_dataset",
-        "au_threshold", "embedding", "plots", "keep_log_weights", "seed", "device", "progress",
+        "au_threshold", "embedding", "plots", "keep_log_weights", "seed", "device", "precision",
+        "progress",
     ]  # fmt: skip
     o = DiagnoseOptions()
     assert (o.split, o.num_samples, o.au_threshold, o.embedding, o.plots, o.seed) == (
@@ -41,7 +42,7 @@ def test_options_are_the_sixteen_keywords_of_diagnose_run_plus_progress():
         True,
         0,
     )
-    assert o.nll_size is o.eval_size is o.num_refine_steps is o.out is None
+    assert o.nll_size is o.eval_size is o.num_refine_steps is o.out is o.precision is None
     assert o.keep_log_weights is o.progress is False
 
 
