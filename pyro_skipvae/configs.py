@@ -202,6 +202,8 @@ class TrainConfig:
 
 #: the inference whose every setting config.json records (the refinement changes results)
 SEMI_AMORTIZED = "semi-amortized"
+#: inferences new enough that config.json has recorded every setting of each of their runs
+RECORDED_IN_FULL = (SEMI_AMORTIZED, "aggressive")
 #: the commit before which the refinement ascended the training objective (refine_kl "objective")
 REFINE_KL_CHANGED = "a07db1e"
 
@@ -211,15 +213,16 @@ def inference_settings(inference, options: dict, *, batch_size: int) -> dict:
     every setting of :class:`~pyro_skipvae.infer.SemiAmortizedSVI` with its default filled in
     (``mode``, ``refine_batch_size`` = the training ``batch_size``, K, η, ρ, the clip, the
     coordinates and ``refine_kl``), so a later version whose defaults differ still rebuilds
-    the refinement the run was trained with; any other inference's options as given."""
+    the refinement the run was trained with; likewise for ``"aggressive"``; any other
+    inference's options as given."""
     options = dict(options or {})
-    if inference != SEMI_AMORTIZED:
+    if inference not in RECORDED_IN_FULL:
         return options
     settings = {
-        **INFERENCES.defaults(SEMI_AMORTIZED, filled=("model", "guide", "optim", "loss")),
+        **INFERENCES.defaults(inference, filled=("model", "guide", "optim", "loss")),
         **options,
     }
-    if settings.get("refine_batch_size") is None:
+    if inference == SEMI_AMORTIZED and settings.get("refine_batch_size") is None:
         settings["refine_batch_size"] = batch_size
     return plain(settings)
 

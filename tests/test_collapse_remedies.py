@@ -367,8 +367,10 @@ def test_the_cli_selects_both_remedies_by_name(tmp_path, data_dir):
     assert config["model"]["guide"] == "bn-normal"
     assert config["model"]["guide_options"] == {"gamma": 0.8}
     assert config["train"]["inference"] == "aggressive"
+    # every setting is recorded, defaults included
     assert config["train"]["inference_options"] == {
         "max_encoder_steps": 5,
+        "check_every": 10,
         "max_aggressive_epochs": 1,
     }
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
