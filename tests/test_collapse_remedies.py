@@ -101,6 +101,19 @@ def test_bn_guide_is_selectable_its_gamma_is_a_constant_and_its_shift_is_learned
             SkipVAE((6,), latent_dim=3, guide="bn-normal", guide_options={"gamma": bad})
 
 
+def test_a_bn_vae_reloads_with_its_running_statistics(tmp_path):
+    data = torch.randn(40, 6, generator=torch.Generator().manual_seed(0)) * 2.0
+    vae = SkipVAE((6,), latent_dim=3, hidden_dims=(8,), guide="bn-normal", likelihood="normal")
+    vae.fit(data, num_epochs=2, batch_size=10, run_dir=tmp_path / "run")
+    loaded = SkipVAE.load(tmp_path / "run")
+    running = vae.guide.batch_norm.running_var
+    assert not torch.equal(running, torch.ones_like(running))  # it has learned statistics
+    assert torch.equal(loaded.guide.batch_norm.running_var, running)
+    assert torch.equal(loaded.guide.shift, vae.guide.shift)
+    loc, _ = vae.encode(data)
+    assert torch.allclose(loaded.encode(data)[0], loc)
+
+
 # ------------------------------------------------------------------ aggressive training
 class LinearDecoder(Decoder):
     """η = W z + b."""
