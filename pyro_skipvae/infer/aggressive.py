@@ -61,9 +61,9 @@ class AggressiveSVI(SVI):
 
     **Cost.** An aggressive step costs up to ``max_encoder_steps`` + 1 forward and backward
     passes (the decoder's weight gradients are computed in the encoder steps and discarded,
-    as in the authors' code); the paper reports aggressive training at 2–3× the time of a
-    plain VAE overall, because the phase ends early. The validation MI costs O(N_val² D)
-    per aggressive epoch.
+    as in the authors' code); the paper reports a total training time that is a small
+    multiple of a plain VAE's (far below SA-VAE's), because the phase ends early. The
+    validation MI costs O(N_val² D) per aggressive epoch.
 
     **Differences from the authors' code, on purpose.** They keep two optimizers (encoder,
     decoder); here one optimizer steps the parameters that hold a gradient, which is the
@@ -96,7 +96,7 @@ class AggressiveSVI(SVI):
 
     Reference: He, Spokoyny, Neubig, Berg-Kirkpatrick, *Lagging Inference Networks and
     Posterior Collapse in Variational Autoencoders*, ICLR 2019 (arXiv:1901.05534),
-    Algorithm 1 and §4.2; code at github.com/jxhe/vae-lagging-encoder (``text.py``,
+    Algorithm 1; code at github.com/jxhe/vae-lagging-encoder (``text.py``,
     ``image.py``).
     """
 
