@@ -1,0 +1,201 @@
+"""Seed statistics of a study's results.csv rows: per model, the mean, standard deviation and
+95 % t-interval over seeds, and the paired per-seed difference skip - no skip with its own
+t-interval. A difference is a *finding* only where its interval excludes zero; otherwise the
+rows are *consistent with* no difference. One seed gives a number and no interval.
+
+    python benchmarks/study_stats.py benchmarks/results/pixelcnn_bmnist_cpu.csv
+    python benchmarks/study_stats.py benchmarks/results/mnist_mlp_sweep.csv \\
+        --metrics test_nll,kl,mi,au --diff-only
+
+Rows are grouped as by ``sweep_table.py`` (grid, inference, latent size, decoder depth; one
+group per file), split by ``skip`` and paired by ``seed``. Only rows whose status is ``ok``
+count. The script also prints the largest |KL - (MI + aggregate KL)| over the rows, the
+ELBO-surgery identity's discrepancy (KL is analytic; MI and aggregate KL share sampled z).
+"""
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+KEYS = ("grid", "inference", "latent_dim", "num_layers")
+# column -> (label, scale applied before printing, decimals)
+METRICS = {
+    "test_nll": ("IW-NLL (nats)", 1.0, 2),
+    "test_elbo": ("test ELBO (nats)", 1.0, 2),
+    "val_elbo": ("val ELBO (nats)", 1.0, 2),
+    "kl": ("KL (nats)", 1.0, 2),
+    "mi": ("MI (nats)", 1.0, 2),
+    "agg_kl": ("aggregate KL (nats)", 1.0, 2),
+    "au": ("active units", 1.0, 1),
+    "accuracy": ("accuracy, log. regression (%)", 100.0, 1),
+    "accuracy_knn": ("accuracy, 5-NN (%)", 100.0, 1),
+    "pareto_k_share_above": ("Pareto k > 0.7 (%)", 100.0, 1),
+}
+DEFAULT = tuple(METRICS)
+
+
+def t_interval(values, level=0.95):
+    """``(n, mean, sd, low, high)`` of a 95 % Student-t interval for the mean of ``values``
+    (sd with n - 1 in the denominator). With one value sd, low and high are ``nan``."""
+    x = np.asarray(values, dtype=float)
+    n = x.size
+    if n == 0:
+        raise ValueError("no values")
+    mean = float(x.mean())
+    if n == 1:
+        return 1, mean, math.nan, math.nan, math.nan
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return n, mean, sd, mean - half, mean + half
+
+
+def paired_difference(skip_by_seed, plain_by_seed, level=0.95):
+    """t-interval of the per-seed differences skip - plain over the seeds both have."""
+    seeds = sorted(set(skip_by_seed) & set(plain_by_seed))
+    if not seeds:
+        raise ValueError("no seed in common")
+    return t_interval([skip_by_seed[s] - plain_by_seed[s] for s in seeds], level)
+
+
+def reading(n, low, high) -> str:
+    """How a difference's interval may be worded."""
+    if n < 2:
+        return "1 seed: no interval"
+    if low > 0:
+        return "finding: skip higher"
+    if high < 0:
+        return "finding: skip lower"
+    return "consistent with no difference"
+
+
+def read_groups(paths):
+    """``{(source, *KEYS): {skip (bool): {seed: row}}}`` over the ``ok`` rows of ``paths``."""
+    groups = defaultdict(lambda: {True: {}, False: {}})
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row["status"] != "ok":
+                    continue
+                key = (Path(path).stem, *(row[k] for k in KEYS))
+                groups[key][row["skip"] == "True"][int(row["seed"])] = row
+    return dict(groups)
+
+
+def identity_discrepancy(paths):
+    """``(max |KL - MI - aggregate KL|, cell, source)`` over the ``ok`` rows of ``paths``."""
+    worst = (-1.0, "", "")
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row["status"] == "ok" and row.get("agg_kl"):
+                    gap = abs(float(row["kl"]) - float(row["mi"]) - float(row["agg_kl"]))
+                    worst = max(worst, (gap, row["cell"], Path(path).stem))
+    return worst
+
+
+def _values(by_seed, metric):
+    scale = METRICS.get(metric, (metric, 1.0, 2))[1]
+    return {
+        s: float(r[metric]) * scale for s, r in by_seed.items() if r.get(metric) not in ("", None)
+    }
+
+
+def _fmt(stat, decimals) -> str:
+    n, mean, sd, low, high = stat
+    if n == 1:
+        return f"{mean:.{decimals}f} (1 seed)"
+    return f"{mean:.{decimals}f} ± {sd:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
+
+
+def group_label(key) -> str:
+    source, grid, inference, latent_dim, num_layers = key
+    depth = f", decoder layers {num_layers}" if num_layers else ""
+    grid = grid if grid == inference else f"{grid}, {inference}"
+    return f"{source}: {grid}, latent {latent_dim}{depth}"
+
+
+def metric_rows(models, metrics):
+    """One dict per metric: label, n per model, their stats, the paired difference's stats."""
+    out = []
+    for metric in metrics:
+        label, _, decimals = METRICS.get(metric, (metric, 1.0, 2))
+        skip, plain = _values(models[True], metric), _values(models[False], metric)
+        if not skip or not plain:
+            continue
+        diff = paired_difference(skip, plain)
+        out.append(
+            dict(
+                metric=metric,
+                label=label,
+                decimals=decimals,
+                plain=t_interval(list(plain.values())),
+                skip=t_interval(list(skip.values())),
+                diff=diff,
+                reading=reading(diff[0], diff[3], diff[4]),
+            )
+        )
+    return out
+
+
+def tables(paths, metrics=DEFAULT, diff_only=False) -> str:
+    lines = []
+    groups = read_groups(paths)
+    order = sorted(groups, key=lambda k: (k[0], k[1], k[2], int(k[3]), int(k[4] or 0)))
+    if diff_only:
+        lines += [
+            "| group | metric | seeds | skip − no skip: mean ± sd [95 % CI] | reading |",
+            "|---|---|---|---|---|",
+        ]
+    for key in order:
+        rows = metric_rows(groups[key], metrics)
+        if diff_only:
+            for r in rows:
+                lines.append(
+                    f"| {group_label(key)} | {r['label']} | {r['diff'][0]} | "
+                    f"{_fmt(r['diff'], r['decimals'])} | {r['reading']} |"
+                )
+            continue
+        lines += [
+            f"{group_label(key)}: mean ± sd [95 % t-interval] over seeds; paired by seed",
+            "",
+            "| metric | seeds (no skip / skip / pairs) | no skip | skip | skip − no skip "
+            "(paired) | reading |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            d = r["decimals"]
+            lines.append(
+                f"| {r['label']} | {r['plain'][0]} / {r['skip'][0]} / {r['diff'][0]} | "
+                f"{_fmt(r['plain'], d)} | {_fmt(r['skip'], d)} | {_fmt(r['diff'], d)} | "
+                f"{r['reading']} |"
+            )
+        lines.append("")
+    gap, cell, source = identity_discrepancy(paths)
+    if gap >= 0:
+        if lines and lines[-1]:
+            lines.append("")
+        lines += [
+            f"KL = MI + aggregate KL: largest |KL - MI - aggregate KL| = {gap:.4f} nats "
+            f"({source}, {cell}).",
+        ]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", help="results.csv files")
+    parser.add_argument("--metrics", default=",".join(DEFAULT), help="columns to summarise")
+    parser.add_argument(
+        "--diff-only", action="store_true", help="one table of paired differences, all groups"
+    )
+    args = parser.parse_args()
+    print(tables(args.results, tuple(args.metrics.split(",")), args.diff_only))
+
+
+if __name__ == "__main__":
+    main()
