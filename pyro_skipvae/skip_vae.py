@@ -192,9 +192,7 @@ class SkipVAE:
         # autocast inside, compile outside: the compiler traces through the autocast region
         autocast_networks(networks, c.precision, self.device)
         #: the compile mode that runs here (a CUDA-graph mode falls back off CUDA), or False
-        self.compiled = compile_networks(
-            (self.model.decoder, getattr(self.guide, "encoder", encoder)), c.compile, self.device
-        )
+        self.compiled = compile_networks(networks, c.compile, self.device)
         self.history: list[dict] = []
 
     @classmethod
@@ -278,9 +276,7 @@ class SkipVAE:
         pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
         inference = self._inference(cfg, sequences=data.sequences)
         loggers = build_loggers(loggers, log_every_n_steps, data)
-        run = self._open_run(
-            run_dir, cfg, inference.optim, run_info, resume=resume, loggers=loggers
-        )
+        run = self._open_run(run_dir, cfg, inference, run_info, resume=resume, loggers=loggers)
         loggers.start(run)
         try:
             if not run.finished():
@@ -355,7 +351,7 @@ class SkipVAE:
             min_learning_rate=cfg.min_learning_rate,
         )
 
-    def _open_run(self, run_dir, cfg, optimizer, run_info, *, resume, **logging) -> Run:
+    def _open_run(self, run_dir, cfg, inference, run_info, *, resume, **logging) -> Run:
         """Start the run (write, or check and restore from, its folder), give every rank the
         same weights and put the networks in training mode."""
         world = distributed.world_size()
@@ -371,7 +367,8 @@ class SkipVAE:
             config,
             model=self.model,
             guide=self.guide,
-            optimizer=optimizer,
+            optimizer=inference.optim,
+            inference=inference,
             # the same data order on every rank
             generator=torch.Generator().manual_seed(cfg.seed),
             defaults={
