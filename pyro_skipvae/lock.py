@@ -231,6 +231,8 @@ def locked(
             with _held_guard:
                 _held[key] -= 1
         return
+    # a block that fails before writing anything (a refused configuration) leaves no folder
+    created = not Path(run_dir).exists()
     mine = acquire(run_dir, purpose, stale_after=stale_after)
     with _held_guard:
         _held[key] = 1
@@ -245,6 +247,20 @@ def locked(
         with _held_guard:
             del _held[key]
         release(run_dir, mine)
+        if created:
+            _remove_if_only_lock_files(Path(run_dir))
+
+
+def _remove_if_only_lock_files(folder: Path) -> None:
+    """Remove ``folder`` if nothing but the lock's own files is in it."""
+    try:
+        files = list(folder.iterdir())
+        if all(f.name.startswith(LOCK_FILE) and f.is_file() for f in files):
+            for f in files:
+                f.unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:  # another process wrote there meanwhile: keep it
+        pass
 
 
 def _beat(path: Path, stop: threading.Event, period: float) -> None:
