@@ -156,6 +156,12 @@ class TrainConfig:
             check_positive(clip_norm=self.clip_norm)
         if self.early_stopping_patience is not None:
             check_positive(early_stopping_patience=self.early_stopping_patience)
+        if self.lr_decay == "plateau" and self.min_learning_rate > self.learning_rate:
+            raise ConfigError(
+                f"min_learning_rate must not exceed learning_rate (training stops once the rate "
+                f"is below the minimum, so it would stop before its first step); found "
+                f"{self.min_learning_rate} and {self.learning_rate}"
+            )
         if self.kl_warmup_epochs < 0 or not 0 < self.kl_start <= 1:
             raise ConfigError(
                 f"expected kl_warmup_epochs >= 0 and 0 < kl_start <= 1, found "

@@ -170,3 +170,14 @@ def test_without_a_vocabulary_the_components_are_model_configs_defaults():
     assert components["prior"] == "mixture"
     with pytest.raises(ConfigError, match="unknown component argument.*guide"):
         resolve_components(None, guide="flow")
+
+
+def test_a_minimum_learning_rate_above_the_start_is_refused_before_training():
+    """With the plateau rule, training stops once the rate is below the minimum: a minimum
+    above the starting rate would end the run before its first step (an empty history)."""
+    with pytest.raises(
+        ConfigError, match="min_learning_rate must not exceed learning_rate.*0.5 and 0.1"
+    ):
+        TrainConfig(optimizer="sgd", learning_rate=0.1, lr_decay="plateau", min_learning_rate=0.5)
+    TrainConfig(optimizer="sgd", learning_rate=0.5, lr_decay="plateau", min_learning_rate=0.5)
+    TrainConfig(learning_rate=0.1, min_learning_rate=0.5)  # no decay: the minimum never acts
