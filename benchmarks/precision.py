@@ -261,6 +261,50 @@ def speed(num_steps, blocks, nll_points):
     )
 
 
+def report(path=RESULTS) -> str:
+    """The Markdown tables of ``precision.jsonl``'s latest record of each kind."""
+    latest = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        key = (record["benchmark"], record.get("case"), record.get("compared"))
+        latest[key] = record
+    lines = [
+        "| case | compared | selected epoch | selected val bound (32 / other) | selected val KL "
+        "(32 / other) | re-scored bound difference ± SE | KL difference ± SE | N | within 0.3? "
+        "| within 2 SE? |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (kind, case, compared), r in latest.items():
+        if kind != "equivalence":
+            continue
+        a, b = r["selected_32"], r["selected_other"]
+        d, se = r["elbo_difference"], r["elbo_difference_se"]
+        lines.append(
+            f"| {case} | {compared} | {a['epoch']} / {b['epoch']} | {a['val_elbo']:.2f} / "
+            f"{b['val_elbo']:.2f} | {a['val_kl']:.2f} / {b['val_kl']:.2f} | {d:+.3f} ± {se:.3f} "
+            f"| {r['kl_difference']:+.3f} ± {r['kl_difference_se']:.3f} | {r['num_points']} "
+            f"| {'yes' if abs(d) <= 0.3 else 'no'} | {'yes' if abs(d) <= 2 * se else 'no'} |"
+        )
+    lines += [
+        "",
+        "| benchmark | float32 | bf16-mixed | speed-up | threads | load | commit |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for (kind, case, _), r in latest.items():
+        if kind == "step_ms":
+            lines.append(
+                f"| {case} step (ms) | {r['ms_32']:.1f} | {r['ms_bf16']:.1f} | "
+                f"{r['speedup']:.2f}x | {r['threads']} | {r['load_average']:.2f} | {r['commit']} |"
+            )
+        elif kind == "ptb_iw_nll_seconds":
+            lines.append(
+                f"| PTB IW-NLL K = 500, {r['num_points']} sentences (s) | {r['s_32']:.1f} | "
+                f"{r['s_bf16']:.1f} | {r['speedup']:.2f}x | {r['threads']} | "
+                f"{r['load_average']:.2f} | {r['commit']} |"
+            )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,8 +316,11 @@ def main():
     sp.add_argument("--num-steps", type=int, default=10)
     sp.add_argument("--blocks", type=int, default=5)
     sp.add_argument("--nll-points", type=int, default=100)
+    sub.add_parser("report", help="print the Markdown tables of precision.jsonl")
     args = parser.parse_args()
-    if args.command == "equivalence":
+    if args.command == "report":
+        print(report())
+    elif args.command == "equivalence":
         equivalence(args.case, args.runs, args.control_seed)
     else:
         speed(args.num_steps, args.blocks, args.nll_points)
