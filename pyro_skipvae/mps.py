@@ -103,10 +103,12 @@ def daemon(
     """Start a private MPS control daemon for the block; yield the environment variables that
     make a child process its client (``CUDA_MPS_PIPE_DIRECTORY``, ``CUDA_MPS_LOG_DIRECTORY``).
 
-    On the way out (normally, on an exception or on ``KeyboardInterrupt``) the daemon gets
-    ``quit`` through the same pipe directory, is waited for up to ``timeout`` seconds (by the
-    process id it leaves in its pipe directory, when it leaves one; terminated if it outlives
-    the wait), and both temporary folders are removed.
+    On the way out (normally, on an exception or on ``KeyboardInterrupt``, also one that
+    comes while ``-d`` is still starting it) the daemon gets ``quit`` through the same pipe
+    directory, is waited for up to ``timeout`` seconds (by the process id it leaves in its pipe
+    directory, when it leaves one; terminated if it outlives the wait), its logs are copied to
+    ``keep_logs``, and both temporary folders are removed. Each of these steps runs even if an
+    earlier one fails, and none hides the exception that ended the block.
 
     :param str binary: the control program (default: ``nvidia-cuda-mps-control`` on ``PATH``).
     :param float timeout: seconds allowed for the daemon to start answering, and to stop.
@@ -128,11 +130,13 @@ def daemon(
     logs = tempfile.mkdtemp(prefix="skipvae-mps-log-")
     variables = {"CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": logs}
     env = {**os.environ, **variables}
-    started = False
+    started = False  # whether a daemon may be running: then it gets `quit`
     try:
         with tempfile.TemporaryFile("w+") as output:
             # Output to a file, not a pipe: the daemon keeps running after `-d` returns and
-            # would hold a pipe open.
+            # would hold a pipe open. `-d` forks the daemon before it returns: stopped on the way
+            # (a timeout, Ctrl-C), it may have left one behind, so from here on it gets `quit`.
+            started = True
             try:
                 done = subprocess.run(
                     [binary, "-d"],
@@ -143,17 +147,16 @@ def daemon(
                     timeout=timeout,
                 )
             except (OSError, subprocess.TimeoutExpired) as e:
-                # a timed-out start may have left a daemon behind: `quit` it on the way out
-                started = isinstance(e, subprocess.TimeoutExpired)
+                started = isinstance(e, subprocess.TimeoutExpired)  # OSError: nothing ran
                 raise MPSError(f"CUDA MPS: expected `{binary} -d` to start, found {e}") from e
             output.seek(0)
             said = output.read().strip()
         if done.returncode != 0:
+            started = False  # it said it did not start one
             raise MPSError(
                 f"CUDA MPS: expected `{binary} -d` to start the daemon, it exited with status "
                 f"{done.returncode}: {said[-500:] or 'no output'}"
             )
-        started = True
         _wait_until_answering(binary, env, timeout)
         logger.info("CUDA MPS control daemon started (pipe directory %s)", pipe)
         yield variables
@@ -162,10 +165,22 @@ def daemon(
             if started:
                 _stop(binary, env, pipe, timeout)
         finally:
-            if keep_logs is not None and os.path.isdir(logs):
-                shutil.copytree(logs, keep_logs, dirs_exist_ok=True)
-            shutil.rmtree(pipe, ignore_errors=True)
-            shutil.rmtree(logs, ignore_errors=True)
+            try:
+                _keep_logs(logs, keep_logs)
+            finally:
+                shutil.rmtree(pipe, ignore_errors=True)
+                shutil.rmtree(logs, ignore_errors=True)
+
+
+def _keep_logs(logs, keep_logs):
+    """Copy the daemon's logs to ``keep_logs`` (if given); a failure is logged, not raised:
+    the logs are a record, and raising here would hide why the block ended."""
+    if keep_logs is None or not os.path.isdir(logs):
+        return
+    try:
+        shutil.copytree(logs, keep_logs, dirs_exist_ok=True)
+    except OSError as e:  # shutil.Error is one
+        logger.warning("CUDA MPS: the daemon's logs could not be copied to %s: %s", keep_logs, e)
 
 
 def _wait_until_answering(binary, env, timeout):
@@ -218,6 +233,8 @@ def _stop(binary, env, pipe, timeout):
             )
     except subprocess.TimeoutExpired:
         logger.warning("CUDA MPS: `quit` did not return within %g s", timeout)
+    except OSError as e:  # the control program itself could not run: still wait and end it
+        logger.warning("CUDA MPS: `quit` could not be sent: %s", e)
     if pid is None:
         return
     deadline = time.monotonic() + timeout
@@ -226,7 +243,8 @@ def _stop(binary, env, pipe, timeout):
     if _alive(pid):
         # only the process whose id our own daemon wrote into our own private folder
         logger.warning("CUDA MPS: the daemon (pid %d) outlived `quit`; terminating it", pid)
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it went just now
+            os.kill(pid, signal.SIGTERM)
 
 
 @contextlib.contextmanager

@@ -2,18 +2,22 @@
 
 The fake behaves like the control program as the module uses it: ``-d`` starts a background
 "daemon" (a sleeping process named like the real one, its id in the pipe folder's
-``nvidia-cuda-mps-control.pid``) and returns; without ``-d`` it reads one command on stdin
+``nvidia-cuda-mps-control.pid``) and returns (or, with ``FAKE_MPS_SLOW_START``, returns that
+many seconds later); without ``-d`` it reads one command on stdin
 and answers ``get_server_list`` / ``quit`` only if a daemon lives in ``$CUDA_MPS_PIPE_DIRECTORY``
 (``quit`` ends it). Every call is recorded with its pipe and log folders, so the tests see
 which daemon was started and which one was told to quit. No GPU is needed.
 """
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +43,9 @@ if [ "$1" = "-d" ]; then
   echo $! > "$pidfile"
   echo "daemon started" > "$CUDA_MPS_LOG_DIRECTORY/control.log"
   echo "start argv=$* pipe=$CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY pid=$!" >> "$record"
+  if [ -n "$FAKE_MPS_SLOW_START" ]; then  # the daemon runs, `-d` has not returned yet
+    exec sleep "$FAKE_MPS_SLOW_START"
+  fi
   exit 0
 fi
 read -r command
@@ -149,6 +156,57 @@ def test_a_daemon_that_hangs_on_start_is_a_clear_error(fake, monkeypatch):
     hung, *rest = calls(fake)  # whatever it left behind is told to quit, and its folder goes
     assert hung["command"] == "start-hung" and not os.path.exists(hung["pipe"])
     assert [c["command"] for c in rest] == ["quit"] and rest[0]["pipe"] == hung["pipe"]
+
+
+def interrupt_main_thread_when(record: Path, command: str, count: int = 1):
+    """From a helper thread: SIGINT to the main thread (where a Ctrl-C lands) once the fake's
+    record holds ``count`` calls of ``command``."""
+
+    def send():
+        deadline = time.monotonic() + 20
+        while sum(c["command"] == command for c in calls(record)) < count:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ctrl_c_while_the_daemon_starts_still_quits_it(fake, monkeypatch):
+    # `-d` has forked the daemon but not returned when Ctrl-C comes: the daemon it left
+    # behind is told to quit through its pipe folder, and both folders go (issue 35, item 5)
+    monkeypatch.setenv("FAKE_MPS_SLOW_START", "10")
+    sender = interrupt_main_thread_when(fake, "start")
+    with pytest.raises(KeyboardInterrupt):
+        with mps.daemon(timeout=20):
+            pytest.fail("the block must not run")
+    sender.join()
+    start, *rest = calls(fake)
+    assert start["command"] == "start" and [c["command"] for c in rest] == ["quit"]
+    assert rest[0]["pipe"] == start["pipe"]
+    assert not mps._alive(int(start["pid"])) and not os.path.exists(start["pipe"])
+    assert not os.path.exists(start["log"])
+
+
+@pytest.mark.parametrize("error", [None, RuntimeError])
+def test_logs_that_cannot_be_kept_neither_leave_folders_nor_hide_the_error(
+    fake, tmp_path, caplog, error
+):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="pyro_skipvae.mps"):
+        with pytest.raises(error) if error else contextlib.nullcontext():
+            with mps.daemon(keep_logs=blocked) as env:
+                if error:
+                    raise error("why the block ended")
+    # the block's own exception (not the copy's), the daemon quit, both folders removed
+    assert f"logs could not be copied to {blocked}" in caplog.text
+    start, quit_call = calls(fake)[0], calls(fake)[-1]
+    assert quit_call["command"] == "quit" and not mps._alive(int(start["pid"]))
+    assert not any(os.path.exists(v) for v in env.values())
 
 
 def test_on_requires_the_control_program(monkeypatch, tmp_path):
