@@ -39,8 +39,11 @@ from .options import POSITIVE, handle_errors
 def sweep(grid_file, out, jobs, mps, quiet, list_cells, cell, collect):
     """Fit and diagnose every cell of a grid (YAML or JSON), resumably; one row per cell in
     OUT/results.csv. See pyro_skipvae.sweep for the grid format. With --list, --cell or
-    --collect, the cells can be spread over a job scheduler (README: SLURM, GNU parallel)."""
+    --collect, the cells can be spread over a job scheduler (README: SLURM, GNU parallel).
+    Ctrl-C starts no further cell, stops the running ones at their last completed epoch, and
+    exits with status 130 once they have exited; the same command resumes them."""
     from pyro_skipvae import sweep as sweeps
+    from pyro_skipvae.children import Interrupted
 
     if list_cells:
         for i, each in enumerate(sweeps.grid_cells(grid_file)):
@@ -56,13 +59,21 @@ def sweep(grid_file, out, jobs, mps, quiet, list_cells, cell, collect):
             f"{summary['missing']} not run; results in {summary['results']}"
         )
         return
-    if cell is not None:
-        row = sweeps.run_cell(grid_file, out, cell)
-        click.echo(f"cell {cell} ({row['cell']}): {row['status']} {row.get('error') or ''}")
-        if row["status"] != "ok":
-            raise SystemExit(1)
-        return
-    summary = sweeps.run_sweep(grid_file, out, jobs=jobs, mps=mps, progress=not quiet)
+    try:
+        if cell is not None:
+            row = sweeps.run_cell(grid_file, out, cell)
+            click.echo(f"cell {cell} ({row['cell']}): {row['status']} {row.get('error') or ''}")
+            if row["status"] != "ok":
+                raise SystemExit(1)
+            return
+        summary = sweeps.run_sweep(grid_file, out, jobs=jobs, mps=mps, progress=not quiet)
+    except Interrupted as e:  # raised once every cell's process has exited
+        click.echo(
+            f"error: {e}; the running cells stopped at their last completed epoch and are "
+            f"recorded as interrupted in {out}; run the same command again to resume them",
+            err=True,
+        )
+        raise SystemExit(128 + e.signum) from None
     click.echo(
         f"{summary['cells']} cells: {summary['ok']} run, {summary['skipped']} already done, "
         f"{summary['failed']} failed; results in {summary['results']}"

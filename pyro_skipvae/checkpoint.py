@@ -45,7 +45,15 @@ def _atomic_write(path, write):
 
 def atomic_save(obj, path) -> None:
     """``torch.save(obj, path)``, atomically."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    try:
+        _atomic_write(path, lambda f: torch.save(obj, f))
+    except RuntimeError as e:
+        # Ctrl-C in the middle of torch.save: its zip writer, closing the half-written
+        # archive, raises "unexpected pos ..." in place of the KeyboardInterrupt. The old file
+        # is untouched, so it is an interruption like any other (exit 130, not a crash).
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
+        raise
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -26,6 +26,13 @@ whose row says ``ok`` is never recomputed; an interrupted cell resumes from its 
 (``fit --resume``); a failed cell is recorded with its error, the sweep goes on, and a later
 invocation retries it. ``<out>/results.csv`` holds one row per cell (:data:`COLUMNS`).
 
+**Ctrl-C** (or SIGTERM) stops a sweep cleanly (:mod:`pyro_skipvae.children`): no further
+cell starts, each running cell's process gets one SIGINT (``skipvae fit`` exits at its last
+completed epoch, whose checkpoint is intact), the sweep waits for them to exit (a second
+signal terminates them, and it still waits), then stops its MPS daemon, records those cells
+as ``interrupted`` and raises :class:`~pyro_skipvae.children.Interrupted` (``skipvae sweep``
+exits with status 130). Running the same sweep again resumes them.
+
 **Several cells on one GPU.** Cells whose ``fit`` options say ``device: cuda`` (or
 ``cuda:N``) and run side by side (``jobs > 1``) share the GPU through CUDA MPS
 (:mod:`pyro_skipvae.mps`): the sweep starts a private MPS control daemon for its duration,
@@ -49,6 +56,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +66,7 @@ from pathlib import Path
 
 from . import checkpoint
 from . import mps as cuda_mps
+from .children import Children, Interrupted
 from .config_files import read_mapping
 from .errors import ConfigError, RunLockedError
 from .lock import locked
@@ -193,7 +202,8 @@ def uses_cuda(cell: Cell) -> bool:
 
 def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None, mps="auto") -> dict:
     """Run (or resume) every cell of ``grid_file`` into ``out``; return a summary
-    ``{"cells", "ok", "failed", "skipped", "results"}`` (``results``: the CSV's path).
+    ``{"cells", "ok", "failed", "skipped", "interrupted", "results"}`` (``results``: the
+    CSV's path).
 
     :param int jobs: cells run side by side (child processes). On CPU each child gets
         ``max(1, cpu_count // jobs)`` threads unless ``OMP_NUM_THREADS`` is set.
@@ -205,6 +215,8 @@ def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None, mps="auto"
         already (then the cells join that one); ``"on"`` requires it
         (:class:`~pyro_skipvae.errors.MPSError` if it cannot start); ``"off"`` never. The
         daemon's logs are kept in ``<out>/mps-logs``.
+    :raises Interrupted: on SIGINT (Ctrl-C) or SIGTERM, once every running cell has stopped
+        (see the module docstring); its ``summary`` is the one returned otherwise.
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, found {jobs!r}")
@@ -216,35 +228,45 @@ def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None, mps="auto"
     rows = _read_rows(out / RESULTS_FILE)
     todo = [c for c in cells if rows.get(c.name, {}).get("status") != "ok"]
     summary = {"cells": len(cells), "ok": 0, "failed": 0, "skipped": len(cells) - len(todo)}
+    summary["interrupted"] = 0
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(cells), initial=summary["skipped"], disable=not progress, unit="cell")
-    # The daemon outlives the pool: it is stopped only after every cell's process has ended.
-    with cuda_mps.for_processes(
-        mps,
-        processes=min(jobs, len(todo)),
-        cuda=bool(todo) and all(uses_cuda(c) for c in todo),
-        keep_logs=out / "mps-logs",
-    ) as mps_env:
+    children = Children()
+    # The daemon outlives the pool: it is stopped only after every cell's process has ended,
+    # also on Ctrl-C (the signals are handled, not raised, until then).
+    with (
+        children.watching(),
+        cuda_mps.for_processes(
+            mps,
+            processes=min(jobs, len(todo)),
+            cuda=bool(todo) and all(uses_cuda(c) for c in todo),
+            keep_logs=out / "mps-logs",
+        ) as mps_env,
+    ):
         env.update(mps_env)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {
-                pool.submit(_run_cell, cell, out, python or sys.executable, env): cell
+                pool.submit(_run_cell, cell, out, python or sys.executable, env, children): cell
                 for cell in todo
             }
             for future in as_completed(futures):
                 cell = futures[future]
                 row = future.result()
+                if row is None:  # never started: the sweep was stopped first
+                    continue
                 rows[cell.name] = row
-                summary["ok" if row["status"] == "ok" else "failed"] += 1
+                summary[row["status"]] += 1  # ok, failed or interrupted
                 _write_rows(out / RESULTS_FILE, rows, [c.name for c in cells])
                 bar.set_postfix(ok=summary["ok"], failed=summary["failed"])
                 bar.update()
     bar.close()
     _write_rows(out / RESULTS_FILE, rows, [c.name for c in cells])
     summary["results"] = str(out / RESULTS_FILE)
+    if children.stopped is not None:
+        raise Interrupted(children.stopped, summary)
     return summary
 
 
@@ -257,15 +279,18 @@ def cell_commands(cell: Cell, out, cli=("skipvae",)) -> tuple[list[str], list[st
     return fit, diagnose
 
 
-def _run_cell(cell: Cell, out: Path, python: str, env: dict) -> dict:
+def _run_cell(cell: Cell, out: Path, python: str, env: dict, children: Children) -> dict | None:
     """Fit (resuming if the folder holds a run) and diagnose one cell, and write its row to
-    ``cells/<cell>/row.json``; never raises."""
-    row = _fit_and_diagnose(cell, out, python, env)
+    ``cells/<cell>/row.json``; ``None`` for a cell not started because the sweep was
+    stopped (:mod:`pyro_skipvae.children`); never raises."""
+    if children.stopped is not None:
+        return None
+    row = _fit_and_diagnose(cell, out, python, env, children)
     checkpoint.atomic_write_json(out / "cells" / cell.name / ROW_FILE, row)
     return row
 
 
-def _fit_and_diagnose(cell: Cell, out: Path, python: str, env: dict) -> dict:
+def _fit_and_diagnose(cell: Cell, out: Path, python: str, env: dict, children: Children) -> dict:
     folder = out / "cells" / cell.name
     folder.mkdir(parents=True, exist_ok=True)
     fit, diagnose = cell_commands(cell, out, (python, "-m", "pyro_skipvae.cli.main"))
@@ -273,14 +298,22 @@ def _fit_and_diagnose(cell: Cell, out: Path, python: str, env: dict) -> dict:
         fit.append("--resume")
     started = time.perf_counter()
     with open(folder / "log.txt", "a") as log:
-        for command in (fit, diagnose):
-            log.write(f"$ {' '.join(command)}\n")
-            log.flush()
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            if done.returncode != 0:
-                error = _last_error(folder / "log.txt") or f"exit status {done.returncode}"
-                logger.warning("cell %s failed: %s", cell.name, error)
-                return {"cell": cell.name, "grid": cell.grid, "status": "failed", "error": error}
+        for step, command in (("fit", fit), ("diagnose", diagnose)):
+            process = None
+            if children.stopped is None:
+                log.write(f"$ {' '.join(command)}\n")
+                log.flush()
+                process = children.start(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            returncode = None if process is None else children.wait(process)
+            if returncode != 0:
+                if children.stopped is not None:  # not `ok`: the next sweep resumes it
+                    status = "interrupted"
+                    error = f"{signal.Signals(children.stopped).name} during its {step}"
+                else:
+                    status = "failed"
+                    error = _last_error(folder / "log.txt") or f"exit status {returncode}"
+                logger.warning("cell %s %s: %s", cell.name, status, error)
+                return {"cell": cell.name, "grid": cell.grid, "status": status, "error": error}
     logger.info("cell %s done in %.0f s", cell.name, time.perf_counter() - started)
     return {
         "cell": cell.name,
@@ -375,6 +408,8 @@ def run_cell(grid_file, out, index: int, *, python=None) -> dict:
     row is lost or interleaved. Returns the cell's row.
 
     :raises ConfigError: ``index`` outside ``0 .. number of cells - 1``.
+    :raises Interrupted: on SIGINT or SIGTERM, once the cell's process has stopped (as in
+        :func:`run_sweep`; its ``summary`` is :func:`collect`'s).
     """
     cells = grid_cells(grid_file)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cells):
@@ -384,11 +419,15 @@ def run_cell(grid_file, out, index: int, *, python=None) -> dict:
         )
     cell, out = cells[index], Path(out)
     row = _read_row(out, cell)
+    children = Children()
     if row is None or row.get("status") != "ok":
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
-        row = _run_cell(cell, out, python or sys.executable, env)
-    collect(grid_file, out)
+        with children.watching():
+            row = _run_cell(cell, out, python or sys.executable, env, children) or row
+    summary = collect(grid_file, out)
+    if children.stopped is not None:
+        raise Interrupted(children.stopped, summary)
     return row
 
 

@@ -27,6 +27,7 @@ LAYERS = [
     {
         "checkpoint",
         "checks",
+        "children",
         "config_files",
         "errors",
         "lock",

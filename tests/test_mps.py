@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from pyro_skipvae import mps
+from pyro_skipvae.children import Interrupted
 from pyro_skipvae.errors import ConfigError, MPSError
 from pyro_skipvae.sweep import run_sweep
 
@@ -342,3 +343,34 @@ def test_skipvae_sweep_mps_on_without_the_control_program_fails_clearly(tmp_path
     assert not (out / "cells").exists() or not any((out / "cells").iterdir())
     result = CliRunner().invoke(cli, [*args[:-1], "maybe"])
     assert result.exit_code == 2 and "'maybe' is not one of 'auto', 'on', 'off'" in result.output
+
+
+# A cell that runs until SIGINT, recording its start and its exit in the fake's record.
+SLOW_CELL = r"""#!/bin/bash
+echo "cell-start pipe=${CUDA_MPS_PIPE_DIRECTORY:-} cellpid=$$" >> "$FAKE_MPS_RECORD"
+trap 'kill $!; echo "cell-exit pipe=${CUDA_MPS_PIPE_DIRECTORY:-} cellpid=$$" >> "$FAKE_MPS_RECORD"; exit 130' INT
+sleep 60 &
+wait $!
+"""
+
+
+def test_ctrl_c_keeps_the_daemon_until_the_cells_have_exited(fake, tmp_path):
+    """Issue 35, item 2: the cells are stopped and waited for; only then is the daemon told
+    to quit (not torn down under live clients); the third cell never starts."""
+    grid = tmp_path / "grid.json"
+    grid.write_text(
+        json.dumps({"fit": {"device": "cuda"}, "grids": [{"axes": {"seed": [0, 1, 2]}}]})
+    )
+    python = executable(tmp_path / "python", SLOW_CELL)
+    sender = interrupt_main_thread_when(fake, "cell-start", count=2)
+    with pytest.raises(Interrupted):
+        run_sweep(grid, tmp_path / "out", jobs=2, python=str(python))
+    sender.join()
+    record = calls(fake)
+    assert [c["command"] for c in record] == [
+        "start", "get_server_list", "cell-start", "cell-start", "cell-exit", "cell-exit", "quit",
+    ]  # fmt: skip
+    pipe = record[0]["pipe"]
+    assert all(c["pipe"] == pipe for c in record[2:])  # the cells were the daemon's clients
+    assert not any(os.path.exists(f"/proc/{c['cellpid']}") for c in record[2:6])
+    assert not os.path.exists(pipe) and not mps._alive(int(record[0]["pid"]))
