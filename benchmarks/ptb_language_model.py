@@ -55,7 +55,7 @@ def build(splits, args):
 
 
 def log_likelihood(decoder, likelihood, x):
-    """log p(x | z = 0) of each sentence (nats), and its number of scored tokens."""
+    """log p(x | z = 0) of each sentence (nats)."""
     z = x.new_zeros((x.shape[0], 1), dtype=torch.float32)
     return likelihood(decoder(z, x), x).log_prob(x)
 
@@ -135,7 +135,9 @@ def main():
         stopped = optimizer.end_epoch(epoch, improved)
         record["stopped"] = stopped
         if improved:
-            best = {"val_nll": val["nll"], "epoch": epoch, "decoder": decoder.state_dict()}
+            # a copy: state_dict() shares storage with the weights the next steps change
+            weights = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+            best = {"val_nll": val["nll"], "epoch": epoch, "decoder": weights}
         history.append(record)
         checkpoint.atomic_save(
             {
