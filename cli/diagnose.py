@@ -3,7 +3,14 @@
 
 import click
 
-from .options import DATA_DIR_OPTION, DEVICE_OPTION, POSITIVE, POSITIVE_FLOAT, handle_errors
+from .options import (
+    DATA_DIR_OPTION,
+    DEVICE_OPTION,
+    POSITIVE,
+    POSITIVE_FLOAT,
+    handle_errors,
+    precision_option,
+)
 
 
 @click.command()
@@ -79,6 +86,7 @@ from .options import DATA_DIR_OPTION, DEVICE_OPTION, POSITIVE, POSITIVE_FLOAT, h
 )
 @click.option("--seed", type=int, default=0)
 @DEVICE_OPTION
+@precision_option(None, "the run's own")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def diagnose(run_dir, num_refine_steps, no_plots, report, quiet, **options):
