@@ -178,11 +178,13 @@ def test_precisions_are_named_and_checked(mnist, monkeypatch):
         with pytest.raises(ConfigError, match="unknown precision.*expected one of: 32, bf16-mixed"):
             SkipVAE(mnist.data_shape, precision=bad)
     # a GPU without bfloat16 is refused, not silently run in float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    capabilities = {0: (9, 0), 1: (7, 0)}  # an H100 beside a V100: each is asked about itself
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: capabilities[i])
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
-    with pytest.raises(ConfigError, match="bfloat16 support.*found Tesla V100"):
-        check_device("bf16-mixed", "cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: ["H100", "Tesla V100"][i])
+    with pytest.raises(ConfigError, match="bfloat16 support.*found Tesla V100 on cuda:1"):
+        check_device("bf16-mixed", "cuda:1")
+    check_device("bf16-mixed", "cuda")  # the current device, cuda:0, has it
     check_device("32", "cuda")  # float32 needs nothing
     with pytest.raises(ConfigError, match="CPU and CUDA"):
         check_device("bf16-mixed", "mps")

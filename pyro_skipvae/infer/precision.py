@@ -30,8 +30,7 @@ Those roundings are independent across positions and largely cancel in a sentenc
 ``benchmarks/precision.py`` measures the selected validation bound of float32 and
 bf16-mixed fits side by side (``benchmarks/results/precision.md``).
 
-**Where it runs.** On CUDA devices that support bfloat16 (Ampere and newer;
-:func:`torch.cuda.is_bf16_supported`), and on every CPU: natively (fast) where the CPU has
+**Where it runs.** On CUDA devices that support bfloat16 (compute capability 8.0, Ampere, and newer), and on every CPU: natively (fast) where the CPU has
 AVX-512 BF16 or AMX, emulated (correct, but usually slower than float32) elsewhere, with a
 logged warning. A CUDA device without bfloat16 is refused with a
 :class:`~pyro_skipvae.errors.ConfigError` rather than silently run in float32.
@@ -80,7 +79,8 @@ def check_device(precision: str, device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        if not torch.cuda.is_bf16_supported():
+        # this device's capability (is_bf16_supported() asks about the current device only)
+        if torch.cuda.get_device_capability(index) < (8, 0):
             name = torch.cuda.get_device_name(index)
             raise ConfigError(
                 f"precision 'bf16-mixed' needs a GPU with bfloat16 support (compute capability "
