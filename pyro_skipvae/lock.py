@@ -19,7 +19,15 @@ when the block ends, also on an exception or Ctrl-C.
 The takeover itself runs under a :class:`filelock.FileLock` on ``.lock.takeover`` and
 re-reads the lock file before removing it, so two processes that both saw the same stale
 lock do not remove each other's fresh one. Only one of them then creates the new lock
-(``O_EXCL`` decides).
+(``O_EXCL`` decides). The helper files this leaves (``.lock.takeover``, and
+``.lock.clock``, the clock probe) are removed by the holder when it releases the lock, while
+it still holds it: a takeover guard is only needed around a *stale* lock, and a live
+holder's lock is not one, so whoever waits on the removed guard re-reads a lock that is not
+the one it saw and leaves it alone.
+
+**One holder per thread.** The lock is re-entrant within a thread, not across threads: a
+second thread of the holder's process that locks the same folder fails like another process
+would (the message says it is another thread of this process).
 
 **Limits, honestly.** ``flock`` (what :class:`filelock.FileLock` uses) is not reliable
 between hosts on every network file system, so the takeover guard is only certain among
@@ -48,12 +56,14 @@ from .errors import RunLockedError
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+#: the lock's helper files: the clock probe (:func:`server_now`) and the takeover guard
+CLOCK_FILE, TAKEOVER_FILE = f"{LOCK_FILE}.clock", f"{LOCK_FILE}.takeover"
 #: seconds: the heartbeat's period and the age after which another host's lock is stale
 HEARTBEAT, STALE_AFTER = 60.0, 600.0
 #: how long a lock file may stay empty while its creator writes it (seconds)
 WRITING_GRACE = 2.0
 
-_held: dict[Path, int] = {}  # lock files this process holds -> nesting depth
+_held: dict[tuple[Path, int], int] = {}  # (lock file, thread id) held -> nesting depth
 _held_guard = threading.Lock()
 
 
@@ -89,7 +99,16 @@ def read_holder(path) -> dict | None:
     return holder if isinstance(holder, dict) else None
 
 
+def _is_this_process(holder: dict) -> bool:
+    return holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
+
+
 def describe(holder: dict) -> str:
+    if _is_this_process(holder):
+        return (
+            f"another thread of this process: {holder.get('purpose', 'a block')} (pid "
+            f"{holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')})"
+        )
     return (
         f"{holder.get('purpose', 'a process')} (pid {holder.get('pid')} on host "
         f"{holder.get('host')}, since {holder.get('since')})"
@@ -123,12 +142,12 @@ def is_stale(path, holder: dict | None, *, stale_after: float = STALE_AFTER) -> 
 def server_now(folder: Path) -> float:
     """The current time by the clock that stamps files in ``folder`` (on NFS the server's:
     ``utime`` without times asks it to use its own)."""
-    probe = folder / f"{LOCK_FILE}.clock"
+    probe = folder / CLOCK_FILE
     try:
-        with open(probe, "a"):
-            pass
-        os.utime(probe)
-        return os.stat(probe).st_mtime
+        # through the open file, not the name: the holder may remove the probe meanwhile
+        with open(probe, "a") as f:
+            os.utime(f.fileno())
+            return os.fstat(f.fileno()).st_mtime
     except OSError:
         return time.time()
 
@@ -150,7 +169,7 @@ def _take_over(path: Path, seen: dict | None, stale_after: float) -> None:
     from filelock import FileLock, Timeout
 
     try:
-        with FileLock(f"{path}.takeover", timeout=30):
+        with FileLock(path.parent / TAKEOVER_FILE, timeout=30):
             now = read_holder(path)
             if now != seen or not is_stale(path, now, stale_after=stale_after):
                 return  # taken over or refreshed by someone else meanwhile
@@ -180,21 +199,35 @@ def acquire(run_dir, purpose: str, *, stale_after: float = STALE_AFTER) -> dict:
         if is_stale(path, holder, stale_after=stale_after):
             _take_over(path, holder, stale_after)
             continue
+        if _is_this_process(holder):
+            advice = "one thread at a time writes into a run folder"
+        else:
+            advice = (
+                "if that process is gone and was not recognised as such (e.g. on another "
+                "host, within the stale time), remove the file"
+            )
         raise RunLockedError(
             f"{folder} is in use by {describe(holder)}: expected no other writer, found its "
-            f"lock {path}. Wait for it to finish; if that process is gone and was not "
-            "recognised as such (e.g. on another host, within the stale time), remove the file"
+            f"lock {path}. Wait for it to finish; {advice}"
         )
     raise RunLockedError(f"could not lock {folder} within 60 s: {path} kept changing hands")
 
 
 def release(run_dir, mine: dict) -> None:
-    """Remove ``run_dir/.lock`` if it still holds ``mine`` (a takeover may have replaced it)."""
-    path = Path(run_dir) / LOCK_FILE
-    if read_holder(path) == mine:
-        path.unlink(missing_ok=True)
-    else:
+    """Remove ``run_dir/.lock`` if it still holds ``mine`` (a takeover may have replaced it),
+    and before it, while it is still held, the helper files a takeover or a clock probe
+    left (see the module docstring for why that is safe)."""
+    folder = Path(run_dir)
+    path = folder / LOCK_FILE
+    if read_holder(path) != mine:
         logger.warning("the lock %s no longer names this process; left as it is", path)
+        return
+    for helper in (CLOCK_FILE, TAKEOVER_FILE):
+        try:
+            (folder / helper).unlink(missing_ok=True)
+        except OSError:  # e.g. a read-only mount: leaving them is harmless
+            pass
+    path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -208,36 +241,39 @@ def locked(
 ) -> Iterator[None]:
     """Hold the run folder's lock while the block runs (see the module docstring).
 
-    Re-entrant within a process (``skipvae fit`` locks before opening ``train.log``, and
-    :meth:`SkipVAE.fit <pyro_skipvae.SkipVAE.fit>` again inside); a no-op when ``run_dir`` is
-    None or ``enabled`` is False (the other ranks of a data-parallel run, which do not write).
+    Re-entrant within a thread (``skipvae fit`` locks before opening ``train.log``, and
+    :meth:`SkipVAE.fit <pyro_skipvae.SkipVAE.fit>` again inside); another thread of the same
+    process is another writer and fails like one. A no-op when ``run_dir`` is None or
+    ``enabled`` is False (the other ranks of a data-parallel run, which do not write). A
+    folder the lock created is removed again if the block left it empty (a refused
+    configuration writes nothing).
 
-    :raises RunLockedError: another live process holds the folder.
+    :raises RunLockedError: another live process, or another thread of this one, holds the
+        folder.
     """
     if run_dir is None or not enabled:
         yield
         return
-    key = (Path(run_dir) / LOCK_FILE).resolve()
+    path = (Path(run_dir) / LOCK_FILE).resolve()
+    key = (path, threading.get_ident())
     with _held_guard:
-        if key in _held:
+        nested = key in _held
+        if nested:
             _held[key] += 1
-            nested = True
-        else:
-            nested = False
     if nested:
         try:
             yield
         finally:
             with _held_guard:
-                _held[key] -= 1
+                if key in _held:  # an outer block that ended first has already released
+                    _held[key] -= 1
         return
-    # a block that fails before writing anything (a refused configuration) leaves no folder
     created = not Path(run_dir).exists()
     mine = acquire(run_dir, purpose, stale_after=stale_after)
     with _held_guard:
         _held[key] = 1
     stop = threading.Event()
-    beat = threading.Thread(target=_beat, args=(key, stop, heartbeat), daemon=True)
+    beat = threading.Thread(target=_beat, args=(path, stop, heartbeat), daemon=True)
     beat.start()
     try:
         yield
@@ -245,22 +281,15 @@ def locked(
         stop.set()
         beat.join()
         with _held_guard:
-            del _held[key]
+            _held.pop(key, None)
         release(run_dir, mine)
         if created:
-            _remove_if_only_lock_files(Path(run_dir))
-
-
-def _remove_if_only_lock_files(folder: Path) -> None:
-    """Remove ``folder`` if nothing but the lock's own files is in it."""
-    try:
-        files = list(folder.iterdir())
-        if all(f.name.startswith(LOCK_FILE) and f.is_file() for f in files):
-            for f in files:
-                f.unlink(missing_ok=True)
-            folder.rmdir()
-    except OSError:  # another process wrote there meanwhile: keep it
-        pass
+            # only once empty: never list and unlink, which could remove a lock another
+            # process created since the release
+            try:
+                Path(run_dir).rmdir()
+            except OSError:
+                pass
 
 
 def _beat(path: Path, stop: threading.Event, period: float) -> None:

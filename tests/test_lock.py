@@ -7,15 +7,25 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 
-from pyro_skipvae import SkipVAE
+from pyro_skipvae import SkipVAE, lock
 from pyro_skipvae.errors import RunLockedError
 from pyro_skipvae.evaluation import diagnose_run
-from pyro_skipvae.lock import LOCK_FILE, holder_info, is_stale, locked, process_start
+from pyro_skipvae.lock import (
+    CLOCK_FILE,
+    LOCK_FILE,
+    TAKEOVER_FILE,
+    holder_info,
+    is_stale,
+    locked,
+    process_start,
+    read_holder,
+)
 
 DATA = torch.rand(20, 1, 4, 4, generator=torch.Generator().manual_seed(0))
 
@@ -126,3 +136,83 @@ def test_the_holder_keeps_its_lock_fresh(tmp_path):
         os.utime(path, (old, old))
         time.sleep(0.3)
         assert time.time() - os.stat(path).st_mtime < 60
+
+
+def test_another_thread_is_another_writer_and_no_exit_order_raises(tmp_path):
+    """Re-entry is per thread: a second thread locking the same folder fails at once, with a
+    message naming this process's other thread (it used to be let in as 'nested', and the
+    holder's finishing first then made the other's exit raise KeyError)."""
+    entered, leave, errors = threading.Event(), threading.Event(), []
+
+    def outer():
+        try:
+            with locked(tmp_path, "outer thread"):
+                entered.set()
+                leave.wait(10)
+        except BaseException as e:  # noqa: BLE001 - reported to the test's thread
+            errors.append(e)
+
+    thread = threading.Thread(target=outer)
+    thread.start()
+    assert entered.wait(10)
+    try:
+        with pytest.raises(RunLockedError) as error, locked(tmp_path, "second thread"):
+            pass
+    finally:
+        leave.set()
+        thread.join()
+    message = str(error.value)
+    assert "another thread of this process: outer thread" in message
+    assert f"pid {os.getpid()}" in message and "remove the file" not in message
+    assert errors == []
+    assert not (tmp_path / LOCK_FILE).exists()
+    with locked(tmp_path, "after"):  # released: the folder is free again
+        pass
+
+
+def test_a_lock_created_after_the_release_is_never_removed(tmp_path, monkeypatch):
+    """A refused block leaves no folder, but only by removing the folder once empty: a lock
+    another process creates between the release and that clean-up stays (it used to be
+    listed as 'only lock files' and unlinked, letting a third writer in)."""
+    folder = tmp_path / "run"
+    release, holders = lock.release, []
+
+    def release_then_another_process_locks(run_dir, mine):
+        release(run_dir, mine)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True
+        )
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "held"
+
+    monkeypatch.setattr(lock, "release", release_then_another_process_locks)
+    try:
+        with pytest.raises(ValueError), locked(folder, "refused fit"):
+            raise ValueError("refused")
+        assert read_holder(folder / LOCK_FILE)["pid"] == holders[0].pid
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_folder_the_lock_created_goes_when_the_block_wrote_nothing(tmp_path):
+    with locked(tmp_path / "empty", "nothing"):
+        pass
+    assert not (tmp_path / "empty").exists()
+    with locked(tmp_path / "kept", "something"):
+        (tmp_path / "kept" / "config.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["config.json"]
+
+
+def test_the_takeover_leaves_no_helper_files_behind(tmp_path):
+    """A takeover creates the clock probe and the takeover guard; the new holder removes
+    them with its lock."""
+    path = tmp_path / LOCK_FILE
+    other = {**holder_info("remote fit"), "host": "some-other-node", "pid": 1}
+    path.write_text(json.dumps(other))
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    with locked(tmp_path, "here"):
+        assert {CLOCK_FILE, TAKEOVER_FILE} <= {p.name for p in tmp_path.iterdir()}
+    assert list(tmp_path.iterdir()) == []
