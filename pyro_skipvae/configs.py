@@ -242,8 +242,10 @@ def recorded_config(config: dict, run_dir, refine_kl: str | None = None) -> dict
 
 
 def recorded_train_config(train: dict, run_dir, *, refine_kl: str | None = None) -> dict:
-    """A run's ``config.json`` ``"train"`` as this version reads it, with every refinement
-    setting (:func:`inference_settings`).
+    """A run's ``config.json`` ``"train"`` as this version reads it: for an inference that
+    is recorded in full (:data:`RECORDED_IN_FULL`), every setting with the defaults filled in
+    (:func:`inference_settings`), so a folder written before its defaults were recorded (an
+    aggressive run between commits 1334c10 and 576b958) compares equal to a resume's config.
 
     A semi-amortized run written before every setting was recorded lacks ``refine_kl``. With
     ``elbo="mean-field"`` both rules it may have been trained under ascend the analytic-KL
@@ -254,10 +256,11 @@ def recorded_train_config(train: dict, run_dir, *, refine_kl: str | None = None)
     :raises ConfigError: an older semi-amortized run whose rule cannot be told; the message
         says how to record it.
     """
-    if train.get("inference") != SEMI_AMORTIZED:
+    inference = train.get("inference")
+    if inference not in RECORDED_IN_FULL:
         return train
     options = dict(train.get("inference_options") or {})
-    if "refine_kl" not in options:
+    if inference == SEMI_AMORTIZED and "refine_kl" not in options:
         if refine_kl is None and train.get("elbo") != "mean-field":
             raise ConfigError(
                 f"{run_dir}/config.json records no refine_kl for this semi-amortized run (it "
@@ -270,7 +273,7 @@ def recorded_train_config(train: dict, run_dir, *, refine_kl: str | None = None)
                 "the same refine_kl (skipvae fit --refine-kl)"
             )
         options["refine_kl"] = refine_kl or "analytic"
-    settings = inference_settings(SEMI_AMORTIZED, options, batch_size=train.get("batch_size", 50))
+    settings = inference_settings(inference, options, batch_size=train.get("batch_size", 50))
     return {**train, "inference_options": settings}
 
 

@@ -109,6 +109,31 @@ def test_recorded_train_config_leaves_amortized_runs_and_complete_records_alone(
     assert read["refine_kl"] == "monte-carlo" and read["refine_batch_size"] == 7
 
 
+def test_an_aggressive_run_recorded_with_only_its_given_options_resumes(tmp_path):
+    """Aggressive runs written between commits 1334c10 and 576b958 recorded only the options
+    given; their defaults are filled in as for semi-amortized runs."""
+    run, given = tmp_path / "old", {"max_encoder_steps": 2, "max_aggressive_epochs": 1}
+    aggressive = dict(inference="aggressive", inference_options=given, batch_size=10)
+    options = dict(val=DATA[30:], binarize="dynamic", run_dir=run, **aggressive)
+    SkipVAE((1, 4, 4), latent_dim=2, hidden_dims=(8,), seed=0).fit(
+        DATA[:30], num_epochs=1, **options
+    )
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["inference_options"] == {**given, "check_every": 10}
+    config["train"]["inference_options"] = given
+    (run / "config.json").write_text(json.dumps(config))
+    for name in ("checkpoint.pt", "best.pt"):
+        state = torch.load(run / name, weights_only=True)
+        state["config"]["train"]["inference_options"] = dict(given)
+        torch.save(state, run / name)
+    vae = SkipVAE((1, 4, 4), latent_dim=2, hidden_dims=(8,), seed=0)
+    history = vae.fit(DATA[:30], num_epochs=2, resume=True, **options)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["aggressive"] for r in history] == [True, False]
+    read = recorded_train_config({"inference": "aggressive", "inference_options": given}, run)
+    assert read["inference_options"] == {**given, "check_every": 10}
+
+
 def test_objective_rule_ascends_the_training_objective_itself():
     elbo = Trace_ELBO(num_particles=3)
     assert refinement_elbo(elbo, "objective") is elbo
