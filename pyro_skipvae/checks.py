@@ -36,8 +36,20 @@ def check_widths(name, widths) -> tuple[int, ...]:
 
 def check_count(name, value) -> int:
     """A positive integer (not a bool), e.g. a number of layers."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, found {value!r}")
+    return check_integer(name, value)
+
+
+def check_integer(name, value, *, minimum: int = 1, optional: bool = False):
+    """An integer (not a bool) of at least ``minimum`` (1: positive, 0: non-negative), or
+    None where ``optional``; returned unchanged. The message names what was expected:
+    ``max_aggressive_epochs must be a non-negative integer or None, found -1``."""
+    if value is None and optional:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(
+            minimum, f"an integer of at least {minimum}"
+        )
+        raise ConfigError(f"{name} must be {kind}{' or None' if optional else ''}, found {value!r}")
     return value
 
 

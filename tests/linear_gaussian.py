@@ -8,8 +8,21 @@ marginal is x ~ N(b, W Wᵀ + σ² I); with q* as proposal every importance weig
 import pyro
 import pyro.distributions as dist
 import torch
+from torch import nn
 
+from pyro_skipvae.models import Decoder
 from pyro_skipvae.sites import data_plate
+
+
+class LinearDecoder(Decoder):
+    """η = W z + b: the model's decoder, a torch module (W, b are ``linear``'s weight and bias)."""
+
+    def __init__(self, latent_dim, output_shape, *, skip=False):
+        super().__init__(latent_dim, output_shape, skip=skip)
+        self.linear = nn.Linear(latent_dim, self.output_size)
+
+    def forward(self, z, x=None):
+        return self.linear(z).reshape(z.shape[:-1] + self.output_shape)
 
 
 def posterior(W, b, sigma):

@@ -181,3 +181,49 @@ def test_a_minimum_learning_rate_above_the_start_is_refused_before_training():
         TrainConfig(optimizer="sgd", learning_rate=0.1, lr_decay="plateau", min_learning_rate=0.5)
     TrainConfig(optimizer="sgd", learning_rate=0.5, lr_decay="plateau", min_learning_rate=0.5)
     TrainConfig(learning_rate=0.1, min_learning_rate=0.5)  # no decay: the minimum never acts
+
+
+@pytest.mark.parametrize(
+    "value, options, message",
+    [
+        (0, {}, "n must be a positive integer, found 0"),
+        (True, {}, "n must be a positive integer, found True"),
+        (2.0, {}, "n must be a positive integer, found 2.0"),
+        (None, {}, "n must be a positive integer, found None"),
+        (
+            -1,
+            {"minimum": 0, "optional": True},
+            "n must be a non-negative integer or None, found -1",
+        ),
+        (1, {"minimum": 2}, "n must be an integer of at least 2, found 1"),
+    ],
+)
+def test_check_integer_says_what_was_expected(value, options, message):
+    from pyro_skipvae.checks import check_integer
+
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        check_integer("n", value, **options)
+    assert check_integer("n", None, optional=True) is None
+    assert check_integer("n", 0, minimum=0) == 0
+
+
+@pytest.mark.parametrize(
+    "inference, options, message",
+    [
+        ("aggressive", {"check_every": 0}, "aggressive: check_every must be a positive integer"),
+        (
+            "aggressive",
+            {"max_aggressive_epochs": -1},
+            "aggressive: max_aggressive_epochs must be a non-negative integer or None",
+        ),
+        (
+            "semi-amortized",
+            {"refine_batch_size": True},
+            "refine_batch_size must be a positive integer or None, found True",
+        ),
+    ],
+)
+def test_both_inferences_check_their_counts_with_the_shared_helper(inference, options, message):
+    vae = SkipVAE((4,), latent_dim=2, hidden_dims=(8,))
+    with pytest.raises(ConfigError, match=message):
+        INFERENCES.build(inference, vae.model, vae.guide, None, None, options=options)

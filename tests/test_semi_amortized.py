@@ -12,7 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from linear_gaussian import marginal, posterior
+from linear_gaussian import LinearDecoder, marginal, posterior
 from pyro.distributions.kl import kl_divergence
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
@@ -30,17 +30,6 @@ D, P, NOISE = 2, 5, 1.0
 
 # float64 throughout; conftest also clears the param store and seeds every test.
 pytestmark = pytest.mark.usefixtures("float64")
-
-
-class LinearDecoder(Decoder):
-    """η = W z + b."""
-
-    def __init__(self, latent_dim, output_shape, *, skip=False):
-        super().__init__(latent_dim, output_shape, skip=skip)
-        self.linear = nn.Linear(latent_dim, self.output_size)
-
-    def forward(self, z, x=None):
-        return self.linear(z).reshape(z.shape[:-1] + self.output_shape)
 
 
 class ConstantEncoder(Encoder):

@@ -30,6 +30,7 @@ from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 from torch import nn
 
+from ..checks import check_integer
 from ..diagnostics.elbo import evaluate_elbo
 from ..errors import ConfigError
 from ..modes import evaluating
@@ -133,14 +134,7 @@ class SemiAmortizedSVI:
         )
         if num_refine_steps < 1:
             raise ConfigError(f"num_refine_steps must be at least 1, found {num_refine_steps}")
-        if refine_batch_size is not None and (
-            isinstance(refine_batch_size, bool)
-            or not isinstance(refine_batch_size, int)
-            or refine_batch_size < 1
-        ):
-            raise ConfigError(
-                f"refine_batch_size must be a positive integer or None, found {refine_batch_size!r}"
-            )
+        check_integer("refine_batch_size", refine_batch_size, optional=True)
         if not callable(getattr(loss, "differentiable_loss", None)):
             raise ConfigError(
                 f"semi-amortized inference needs an ELBO with differentiable_loss (Trace_ELBO, "
