@@ -201,8 +201,16 @@ class Loggers:
             each.log_epoch(record["epoch"] * self.steps_per_epoch, record)
 
     def close(self) -> None:
+        """Close every logger, each in its own ``try``: one whose ``close`` raises does not
+        leave the others' files open; the first error is raised after all are closed."""
+        first = None
         for each in self.loggers:
-            each.close()
+            try:
+                each.close()
+            except Exception as e:  # re-raised below, once every logger is closed
+                first = first or e
+        if first is not None:
+            raise first
 
 
 def build_loggers(loggers, log_every_n_steps=50, data=None) -> Loggers:

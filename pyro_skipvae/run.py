@@ -42,13 +42,8 @@ from .names import canonical_name
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 2
-CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE, LOG_FILE = (
-    "config.json",
-    "checkpoint.pt",
-    "best.pt",
-    "metrics.jsonl",
-    "train.log",
-)
+CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE = "config.json", "checkpoint.pt", "best.pt"
+METRICS_FILE, LOG_FILE = "metrics.jsonl", "train.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: options that may change between a run and its resumption without changing the result of
 #: the epochs already done
@@ -257,10 +252,10 @@ class Run:
                 )
             # allowed, but the remaining epochs compute differently from those done: say so
             defaults = (self.defaults or {}).get("model", {})
-            for section, key in sorted(RESUMABLE_CHANGES):
-                old = saved.get(section, {}).get(key, defaults.get(key))
-                new = self.config.get(section, {}).get(key)
-                if section == "model" and old != new:
+            for key in sorted(key for section, key in RESUMABLE_CHANGES if section == "model"):
+                old = saved.get("model", {}).get(key, defaults.get(key))
+                new = self.config.get("model", {}).get(key)
+                if old != new:
                     logger.warning(
                         "resuming %s with model.%s %r (was %r)", self.path, key, new, old
                     )
@@ -297,7 +292,11 @@ class Run:
         self.history = list(state["history"])
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         if self.inference is not None:  # e.g. AggressiveSVI's phase
-            self.inference.set_state(state["inference"])
+            inference_state = state.get("inference")
+            if inference_state is None:  # e.g. written before the inference's state was saved
+                name = type(self.inference).__name__
+                raise CheckpointError(f"{path} holds no {name} state; start a new run")
+            self.inference.set_state(inference_state)
 
     # ------------------------------------------------------------------ each epoch
     def finished(self) -> bool:

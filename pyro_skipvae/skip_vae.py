@@ -275,10 +275,11 @@ class SkipVAE:
         # Each rank its own Monte-Carlo noise (the data order comes from the run's generator).
         pyro.set_rng_seed(distributed.rank_seed(cfg.seed))
         inference = self._inference(cfg, sequences=data.sequences)
+        data.check(inference, self.guide)  # e.g. aggressive without val: before any file
         loggers = build_loggers(loggers, log_every_n_steps, data)
         run = self._open_run(run_dir, cfg, inference, run_info, resume=resume, loggers=loggers)
-        loggers.start(run)
-        try:
+        try:  # a logger that fails to start: those started are still closed
+            loggers.start(run)
             if not run.finished():
                 self._train(inference, data, run, cfg, progress=progress)
         finally:

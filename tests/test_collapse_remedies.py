@@ -14,15 +14,14 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
-from linear_gaussian import posterior
+from linear_gaussian import LinearDecoder, posterior
 from pyro.distributions.kl import kl_divergence
 from pyro.infer import Trace_ELBO
 from torch import nn
 
-from pyro_skipvae import ConfigError, Guide, Model, SkipVAE
+from pyro_skipvae import CheckpointError, ConfigError, Guide, Model, SkipVAE
 from pyro_skipvae.guides import GUIDES, BatchNormGuide, Encoder, MLPEncoder
 from pyro_skipvae.infer import INFERENCES, AggressiveSVI, Optimizer
-from pyro_skipvae.models import Decoder
 from pyro_skipvae.models.likelihoods import NormalLikelihood
 from pyro_skipvae.models.priors import StandardNormalPrior
 
@@ -114,18 +113,36 @@ def test_a_bn_vae_reloads_with_its_running_statistics(tmp_path):
     assert torch.allclose(loaded.encode(data)[0], loc)
 
 
+def test_a_training_minibatch_of_one_row_is_normalised_with_the_running_statistics():
+    guide = BatchNormGuide(MLPEncoder((10,), 3, hidden_dims=(8,)), gamma=0.5)
+    x = torch.randn(20, 10, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match="minibatch of one row came before any larger one"):
+        guide.local_params(x[:1])  # no statistics yet
+    guide.local_params(x)  # training mode: updates the running statistics
+    norm = guide.batch_norm
+    running = [norm.running_mean.clone(), norm.running_var.clone(), norm.num_batches_tracked.item()]
+    one, _ = guide.local_params(x[:1])
+    assert torch.equal(norm.running_mean, running[0]) and torch.equal(norm.running_var, running[1])
+    assert norm.num_batches_tracked.item() == running[2]  # left unchanged
+    guide.eval()
+    assert torch.allclose(one, guide.local_params(x[:1])[0])  # as in eval mode
+
+
+def test_a_bn_vae_fits_n_equal_to_batch_size_plus_one_and_refuses_rows_of_one(tmp_path):
+    """N = batch_size + 1: each epoch's last minibatch holds one row."""
+    data = torch.randn(11, 6, generator=torch.Generator().manual_seed(0)) * 2.0
+    vae = SkipVAE((6,), latent_dim=3, hidden_dims=(8,), guide="bn-normal", likelihood="normal")
+    history = vae.fit(data, num_epochs=2, batch_size=10, run_dir=tmp_path / "run")
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(math.isfinite(r["train_elbo"]) for r in history)
+    assert vae.guide.batch_norm.num_batches_tracked.item() == 2  # the rows of one: not counted
+    # every minibatch a single row: refused before the run folder is written
+    with pytest.raises(ConfigError, match="found batch_size 1 for N = 11 training rows"):
+        vae.fit(data, num_epochs=1, batch_size=1, run_dir=tmp_path / "ones")
+    assert not (tmp_path / "ones").exists()
+
+
 # ------------------------------------------------------------------ aggressive training
-class LinearDecoder(Decoder):
-    """η = W z + b."""
-
-    def __init__(self, latent_dim, output_shape, *, skip=False):
-        super().__init__(latent_dim, output_shape, skip=skip)
-        self.linear = nn.Linear(latent_dim, self.output_size)
-
-    def forward(self, z, x=None):
-        return self.linear(z).reshape(z.shape[:-1] + self.output_shape)
-
-
 class LinearEncoder(Encoder):
     """μ = A x + a, log σ² a learned constant: contains the linear-Gaussian posterior."""
 
@@ -335,8 +352,9 @@ def test_aggressive_with_a_pyro_optimizer_steps_only_one_side():
     )
 
 
-def _fit(run_dir, num_epochs, resume=False, **inference_options):
-    data = torch.randn(50, 6, generator=torch.Generator().manual_seed(0)) + torch.linspace(-2, 2, 6)
+def _fit(run_dir, num_epochs, resume=False, data_seed=0, **inference_options):
+    data = torch.randn(50, 6, generator=torch.Generator().manual_seed(data_seed))
+    data = data + torch.linspace(-2, 2, 6)
     vae = SkipVAE((6,), latent_dim=2, hidden_dims=(8,), likelihood="normal", seed=0)
     return vae.fit(
         data[:40],
@@ -360,6 +378,41 @@ def test_fit_records_the_phase_and_resumes_in_it_exactly(tmp_path):
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     # without the saved phase the resumed run would train aggressively again in epoch 2
     assert [strip(r) for r in resumed] == [strip(r) for r in full]
+
+
+def test_a_run_resumed_in_the_aggressive_phase_ends_it_by_the_mi_rule_at_the_same_epoch(tmp_path):
+    # data seed 1: the validation MI falls in epoch 2, so the MI rule ends the phase there
+    full = _fit(tmp_path / "full", 3, data_seed=1)
+    assert [r["aggressive"] for r in full] == [True, True, False]
+    assert full[1]["val_mi"] < full[0]["val_mi"]
+    _fit(tmp_path / "split", 1, data_seed=1)  # interrupted after epoch 1, in the phase
+    resumed = _fit(tmp_path / "split", 3, resume=True, data_seed=1)
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    # without the restored previous MI, epoch 2's fall would go unnoticed
+    assert [strip(r) for r in resumed] == [strip(r) for r in full]
+
+
+def test_aggressive_without_validation_or_an_epoch_cap_is_refused_before_any_file(tmp_path):
+    data = torch.randn(20, 6, generator=torch.Generator().manual_seed(0))
+    vae = SkipVAE((6,), latent_dim=2, hidden_dims=(8,), likelihood="normal", seed=0)
+    options = {"num_epochs": 1, "batch_size": 10, "inference": "aggressive"}
+    with pytest.raises(ConfigError, match="validation data"):
+        vae.fit(data, run_dir=tmp_path / "run", **options)
+    assert not (tmp_path / "run").exists()  # the same command runs again without --resume
+    capped = {"max_encoder_steps": 2, "max_aggressive_epochs": 1}
+    history = vae.fit(data, run_dir=tmp_path / "run", inference_options=capped, **options)
+    assert [r["aggressive"] for r in history] == [True]
+
+
+def test_a_checkpoint_without_the_inference_state_is_refused_naming_the_file(tmp_path):
+    _fit(tmp_path / "run", 1, max_aggressive_epochs=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["inference"]  # as a checkpoint written before the phase was saved
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="holds no AggressiveSVI state") as error:
+        _fit(tmp_path / "run", 2, resume=True, max_aggressive_epochs=1)
+    assert str(path) in str(error.value)
 
 
 def test_the_cli_selects_both_remedies_by_name(tmp_path, data_dir):

@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pyro_skipvae import ConfigError, SkipVAE
@@ -191,3 +192,45 @@ def test_tensorboard_needs_a_folder(mnist, tiny_options):
 def test_only_rank_0_writes(monkeypatch):
     monkeypatch.setattr(distributed, "is_main", lambda: False)
     assert not build_loggers(["tensorboard"])
+
+
+class Recording:
+    """A logger object that records its calls and fails where told."""
+
+    def __init__(self, calls, name, *, fail_start=False, fail_close=False):
+        self.calls, self.name = calls, name
+        self.fail_start, self.fail_close = fail_start, fail_close
+
+    def start(self, run, steps_per_epoch):
+        self.calls.append(("start", self.name))
+        if self.fail_start:
+            raise RuntimeError(f"{self.name} cannot start")
+
+    def log_step(self, step, values):
+        pass
+
+    def log_epoch(self, step, record):
+        pass
+
+    def close(self):
+        self.calls.append(("close", self.name))
+        if self.fail_close:
+            raise OSError(f"{self.name} cannot close")
+
+
+def test_a_logger_that_fails_to_start_leaves_none_open(tmp_path):
+    calls = []
+    loggers = [Recording(calls, "a"), Recording(calls, "b", fail_start=True)]
+    vae = SkipVAE((4,), latent_dim=2, hidden_dims=(8,), likelihood="normal", seed=0)
+    with pytest.raises(RuntimeError, match="b cannot start"):
+        vae.fit(torch.randn(10, 4), num_epochs=1, batch_size=5, loggers=loggers)
+    assert ("close", "a") in calls and ("close", "b") in calls
+
+
+def test_every_logger_is_closed_when_one_fails_to_close_and_the_first_error_is_raised():
+    calls = []
+    names = [("a", True), ("b", False), ("c", True)]
+    built = build_loggers([Recording(calls, n, fail_close=f) for n, f in names])
+    with pytest.raises(OSError, match="^a cannot close$"):
+        built.close()
+    assert calls == [("close", "a"), ("close", "b"), ("close", "c")]

@@ -141,7 +141,13 @@ class BatchNormGuide(Guide):
     a tuned one). The local parameters are (μ̂, log σ²), so semi-amortized
     refinement refines the normalised means.
 
-    A training minibatch needs at least 2 datapoints (a variance over one is undefined).
+    **A training minibatch of one row** (the last of an epoch when N % batch_size == 1, a
+    data-parallel share of one row) has no variance to normalise by: it is normalised with the
+    running statistics, as in ``eval()`` mode, and leaves them unchanged, so for that step the
+    bound holds approximately, as it does in evaluation; every other minibatch keeps the exact
+    guarantee. Running statistics come only from minibatches of two or more rows, so a fit
+    whose minibatches are all single rows (``batch_size`` 1 per process) is refused
+    (:meth:`check_fit`), and a minibatch of one before any larger one is a ConfigError.
 
     :param Encoder encoder: x → (μ, log σ²).
     :param float gamma: the fixed scale γ > 0 (default 0.5).
@@ -169,4 +175,34 @@ class BatchNormGuide(Guide):
     def local_params(self, x):
         """λ₀ = (μ̂, log σ²): the encoder's means batch-normalised to scale γ and shift β."""
         loc, log_var = self.encoder(x)
-        return self.gamma * self.batch_norm(loc) + self.shift, log_var
+        return self.gamma * self._normalise(loc) + self.shift, log_var
+
+    def _normalise(self, loc):
+        """Batch norm of the means; a training minibatch of one row with the running
+        statistics, left unchanged (see the class docstring)."""
+        norm = self.batch_norm
+        if not (self.training and loc.shape[0] == 1):
+            return norm(loc)
+        if not norm.num_batches_tracked:
+            raise ConfigError(
+                "bn-normal: a training minibatch of one row came before any larger one, so "
+                "there are no statistics to normalise its means with; use minibatches of at "
+                "least 2 rows (per data-parallel process)"
+            )
+        return nn.functional.batch_norm(
+            loc, norm.running_mean, norm.running_var, training=False, eps=norm.eps
+        )
+
+    def check_fit(self, data) -> None:
+        """Called by :meth:`SkipVAE.fit <pyro_skipvae.SkipVAE.fit>` with its
+        :class:`~pyro_skipvae.infer.fit.FitData` before the run folder is written.
+
+        :raises ConfigError: every training minibatch would hold one row per process
+            (``batch_size`` 1, or fewer than 2 rows per data-parallel process).
+        """
+        if data.rank_batch_size < 2:
+            raise ConfigError(
+                "bn-normal: batch normalisation needs training minibatches of at least 2 rows "
+                f"per process; found batch_size {data.batch_size} for N = "
+                f"{data.train.shape[0]} training rows ({data.rank_batch_size} per process)"
+            )

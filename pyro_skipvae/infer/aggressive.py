@@ -22,6 +22,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from ..checks import check_integer
 from ..diagnostics.latent import mutual_information
 from ..errors import ConfigError
 from ..modes import evaluating
@@ -57,7 +58,8 @@ class AggressiveSVI(SVI):
     validation set, reported as ``val_mi`` for aggressive epochs; the authors use the
     minibatch estimator, which is capped at log B. Each epoch's record says
     ``aggressive: true/false``. Without validation data the phase needs
-    ``max_aggressive_epochs``.
+    ``max_aggressive_epochs``; a fit without either is refused before its run folder is
+    written (:meth:`check_fit`).
 
     **Cost.** An aggressive step costs up to ``max_encoder_steps`` + 1 forward and backward
     passes (the decoder's weight gradients are computed in the encoder steps and discarded,
@@ -111,18 +113,11 @@ class AggressiveSVI(SVI):
         check_every=10,
         max_aggressive_epochs=None,
     ):
-        for name, value in (("max_encoder_steps", max_encoder_steps), ("check_every", check_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"aggressive: {name} must be a positive integer, found {value!r}")
-        if max_aggressive_epochs is not None and (
-            isinstance(max_aggressive_epochs, bool)
-            or not isinstance(max_aggressive_epochs, int)
-            or max_aggressive_epochs < 0
-        ):
-            raise ConfigError(
-                "aggressive: max_aggressive_epochs must be a non-negative integer or None, "
-                f"found {max_aggressive_epochs!r}"
-            )
+        check_integer("aggressive: max_encoder_steps", max_encoder_steps)
+        check_integer("aggressive: check_every", check_every)
+        check_integer(
+            "aggressive: max_aggressive_epochs", max_aggressive_epochs, minimum=0, optional=True
+        )
         if not isinstance(guide, nn.Module):
             raise ConfigError(
                 "aggressive: the guide must be a torch module (its parameters are the encoder's), "
@@ -148,12 +143,24 @@ class AggressiveSVI(SVI):
         :param bool validation: whether the epoch will be validated (the MI rule needs it).
         :raises ConfigError: no validation data and no ``max_aggressive_epochs``.
         """
+        self._check_validation(validation)
+        self._draw = draw
+
+    def check_fit(self, data) -> None:
+        """Called by :meth:`SkipVAE.fit <pyro_skipvae.SkipVAE.fit>` with its
+        :class:`~pyro_skipvae.infer.fit.FitData` before the run folder is written, so that a
+        fit this inference cannot finish is refused before it leaves a run behind.
+
+        :raises ConfigError: no validation data and no ``max_aggressive_epochs``.
+        """
+        self._check_validation(data.val is not None)
+
+    def _check_validation(self, validation: bool) -> None:
         if self.aggressive and not validation and self.max_aggressive_epochs is None:
             raise ConfigError(
                 "aggressive training ends when the validation MI stops increasing; give "
                 "validation data (val=...) or inference_options max_aggressive_epochs"
             )
-        self._draw = draw
 
     def end_epoch(self, record: dict) -> None:
         """Record whether the epoch was aggressive (``record["aggressive"]``) and apply the

@@ -6,6 +6,8 @@ for the plate) and ``beta`` (KL weight) and returns the loss as a float. An infe
 training has phases (:class:`~pyro_skipvae.infer.aggressive.AggressiveSVI`) may also have
 ``begin_epoch(draw, validation=...)``, given a function that draws a fresh random training
 minibatch, and ``end_epoch(record)``, called after validation; the loop calls them if present.
+An inference or guide may refuse a fit's data before its run folder is written with
+``check_fit(data)`` (:meth:`FitData.check`).
 
 Besides :func:`train`, the loop's inputs: :func:`prepare_data` turns a fit's data into
 :class:`FitData` (the training tensor with its batching, the validation set), whose
@@ -198,6 +200,20 @@ class FitData:
             "batches": bucket_batches(self.lengths, self.batch_size) if sequences else None,
             "collate": trim_collate(self.lengths) if sequences else None,
         }
+
+    @property
+    def rank_batch_size(self) -> int:
+        """Rows of a full minibatch's smallest share on this process (``batch_size`` split
+        between the data-parallel ranks; ``batch_size`` itself in one process)."""
+        return self.batch_size // distributed.world_size()
+
+    def check(self, *parts) -> None:
+        """Let each of ``parts`` (the inference, the guide) refuse these data before the run
+        folder is written: its ``check_fit(data)``, where it has one, raises a ConfigError
+        (e.g. aggressive training without validation data and without an epoch cap)."""
+        for part in parts:
+            if hasattr(part, "check_fit"):
+                part.check_fit(self)
 
     def validation(self, inference, model, guide) -> "Validation | None":
         """The loop's ``evaluate``, or None without validation data."""
