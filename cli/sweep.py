@@ -3,6 +3,7 @@
 import shlex
 
 import click
+from click.core import ParameterSource
 
 from .options import POSITIVE, handle_errors
 
@@ -30,18 +31,41 @@ from .options import POSITIVE, handle_errors
     default=None,
     envvar="SLURM_ARRAY_TASK_ID",
     help="Run exactly this cell (0-based, as --list numbers them), resumably; safe beside other "
-    "cells writing to the same OUT  [default: $SLURM_ARRAY_TASK_ID when set]",
+    "cells writing to the same OUT; not with --jobs > 1 or --mps on  [default: "
+    "$SLURM_ARRAY_TASK_ID when set, which is then printed]",
 )
 @click.option(
     "--collect", is_flag=True, help="Rebuild OUT/results.csv from the cell folders, run nothing."
 )
-@handle_errors
-def sweep(grid_file, out, jobs, mps, quiet, list_cells, cell, collect):
+@click.pass_context
+def sweep(ctx, grid_file, out, jobs, mps, quiet, list_cells, cell, collect):
     """Fit and diagnose every cell of a grid (YAML or JSON), resumably; one row per cell in
     OUT/results.csv. See pyro_skipvae.sweep for the grid format. With --list, --cell or
     --collect, the cells can be spread over a job scheduler (README: SLURM, GNU parallel).
     Ctrl-C starts no further cell, stops the running ones at their last completed epoch, and
     exits with status 130 once they have exited; the same command resumes them."""
+    # usage errors are raised here, outside handle_errors (which reports any other exception
+    # as unexpected), so click prints them with the usage line and exit status 2
+    if out is None and not list_cells:
+        raise click.UsageError("--out is required (except with --list)")
+    if cell is not None and not (list_cells or collect):
+        from_slurm = ctx.get_parameter_source("cell") is ParameterSource.ENVIRONMENT
+        source = f" (from SLURM_ARRAY_TASK_ID={cell})" if from_slurm else ""
+        unset = ", or unset SLURM_ARRAY_TASK_ID to run the whole sweep" if from_slurm else ""
+        # one cell is one process: there is nothing to run beside it or to share a GPU with
+        for given, flag in ((jobs > 1, f"--jobs {jobs}"), (mps == "on", "--mps on")):
+            if given:
+                raise click.UsageError(
+                    f"{flag} is for cells run side by side, but --cell {cell}{source} runs "
+                    f"exactly one: drop {flag}{unset}"
+                )
+        if from_slurm:
+            click.echo(f"running cell {cell} only{source}", err=True)
+    _sweep(grid_file, out, jobs, mps, quiet, list_cells, cell, collect)
+
+
+@handle_errors
+def _sweep(grid_file, out, jobs, mps, quiet, list_cells, cell, collect):
     from pyro_skipvae import sweep as sweeps
     from pyro_skipvae.children import Interrupted
 
@@ -50,13 +74,13 @@ def sweep(grid_file, out, jobs, mps, quiet, list_cells, cell, collect):
             fit, diagnose = sweeps.cell_commands(each, out or "OUT")
             click.echo(f"{i}\t{each.name}\t{shlex.join(fit)}\t{shlex.join(diagnose)}")
         return
-    if out is None:
-        raise click.UsageError("--out is required (except with --list)")
     if collect:
         summary = sweeps.collect(grid_file, out)
+        others = f" (and {summary['others']} not in the grid)" if summary["others"] else ""
         click.echo(
             f"{summary['cells']} cells: {summary['ok']} ok, {summary['failed']} failed, "
-            f"{summary['missing']} not run; results in {summary['results']}"
+            f"{summary['interrupted']} interrupted, {summary['missing']} not run{others}; "
+            f"results in {summary['results']}"
         )
         return
     try:

@@ -206,7 +206,8 @@ def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None, mps="auto"
     CSV's path).
 
     :param int jobs: cells run side by side (child processes). On CPU each child gets
-        ``max(1, cpu_count // jobs)`` threads unless ``OMP_NUM_THREADS`` is set.
+        ``max(1, cpus // jobs)`` threads (:func:`available_cpus`) unless ``OMP_NUM_THREADS``
+        is set.
     :param str python: the interpreter for the child processes (default: this one).
     :param str mps: CUDA MPS for cells sharing a GPU (see the module docstring and
         :func:`pyro_skipvae.mps.for_processes`): ``"auto"`` (default) starts a private MPS
@@ -230,7 +231,7 @@ def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None, mps="auto"
     summary = {"cells": len(cells), "ok": 0, "failed": 0, "skipped": len(cells) - len(todo)}
     summary["interrupted"] = 0
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // jobs)))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(cells), initial=summary["skipped"], disable=not progress, unit="cell")
@@ -268,6 +269,20 @@ def run_sweep(grid_file, out, *, jobs=1, progress=False, python=None, mps="auto"
     if children.stopped is not None:
         raise Interrupted(children.stopped, summary)
     return summary
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may use: ``$SLURM_CPUS_PER_TASK`` inside a SLURM task (its
+    ``--cpus-per-task``), else the cores it is pinned to (``os.sched_getaffinity``; a
+    ``taskset`` or a cgroup's cpuset), else every core of the machine."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.strip().isdigit() and int(slurm) > 0:
+        return int(slurm)
+    if slurm:
+        logger.warning("SLURM_CPUS_PER_TASK=%r is not a positive integer; ignored", slurm)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def cell_commands(cell: Cell, out, cli=("skipvae",)) -> tuple[list[str], list[str]]:
@@ -400,7 +415,9 @@ def grid_cells(grid_file) -> list[Cell]:
 
 def run_cell(grid_file, out, index: int, *, python=None) -> dict:
     """Run exactly cell ``index`` of ``grid_file`` into ``out`` (resumably: a cell whose row
-    says ``ok`` is not rerun), then rebuild ``results.csv`` from every finished cell's row.
+    says ``ok``, in its ``row.json`` or in ``results.csv``, is not rerun), then rebuild
+    ``results.csv`` (:func:`collect`). Its process gets :func:`available_cpus` threads
+    unless ``OMP_NUM_THREADS`` is set.
 
     Cells may run as separate, concurrent processes, on separate hosts sharing the folder
     (a job array): each writes only its own folder, and the CSV is rebuilt from the cells'
@@ -418,11 +435,12 @@ def run_cell(grid_file, out, index: int, *, python=None) -> dict:
             f"{grid_file}), found {index!r}"
         )
     cell, out = cells[index], Path(out)
-    row = _read_row(out, cell)
+    # a sweep made before cells wrote row.json has the cell's row only in results.csv
+    row = _read_row(out / "cells" / cell.name) or _read_rows(out / RESULTS_FILE).get(cell.name)
     children = Children()
     if row is None or row.get("status") != "ok":
         env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("OMP_NUM_THREADS", str(available_cpus()))
         with children.watching():
             row = _run_cell(cell, out, python or sys.executable, env, children) or row
     summary = collect(grid_file, out)
@@ -432,34 +450,47 @@ def run_cell(grid_file, out, index: int, *, python=None) -> dict:
 
 
 def collect(grid_file, out) -> dict:
-    """Rebuild ``out/results.csv`` from the cells' ``row.json`` files (cells of the grid in
-    grid order, then any others found); return ``{"cells", "ok", "failed", "missing",
-    "results"}``. Waits (up to 10 minutes) for another process rebuilding it."""
+    """Rebuild ``out/results.csv``: one row per cell, the cells of the grid in grid order,
+    then any others found (folders under ``out/cells`` with a ``row.json``, or rows already
+    in ``results.csv``, of cells the grid no longer has, as :func:`run_sweep` keeps them),
+    by name. A cell's row is its ``row.json``, or, for a sweep made before cells wrote one,
+    its row already in ``results.csv``.
+
+    Returns ``{"cells", "ok", "failed", "interrupted", "missing", "others", "results"}``:
+    ``cells`` counts the grid's cells, ``ok``/``failed``/``interrupted`` those of them with
+    that status (``interrupted``: stopped by a signal, resumed by the next run), ``missing``
+    those with no row, and ``others`` the rows of cells not in the grid. Waits (up to 10
+    minutes) for another process rebuilding it."""
     cells, out = grid_cells(grid_file), Path(out)
     deadline = time.monotonic() + 600
     while True:
         try:
             with locked(out, "sweep results.csv"):
                 # read under the lock: a cell finishing meanwhile rebuilds after this one
-                rows = {c.name: row for c in cells if (row := _read_row(out, c)) is not None}
+                rows = _read_rows(out / RESULTS_FILE)
+                for folder in sorted((out / "cells").glob(f"*/{ROW_FILE}")):
+                    if (row := _read_row(folder.parent)) is not None:
+                        rows[folder.parent.name] = {**row, "cell": folder.parent.name}
                 _write_rows(out / RESULTS_FILE, rows, [c.name for c in cells])
             break
         except RunLockedError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    ok = sum(r.get("status") == "ok" for r in rows.values())
+    statuses = [rows[c.name].get("status") for c in cells if c.name in rows]
     return {
         "cells": len(cells),
-        "ok": ok,
-        "failed": len(rows) - ok,
-        "missing": len(cells) - len(rows),
+        **{status: statuses.count(status) for status in ("ok", "failed", "interrupted")},
+        "missing": len(cells) - len(statuses),
+        "others": len(set(rows) - {c.name for c in cells}),
         "results": str(out / RESULTS_FILE),
     }
 
 
-def _read_row(out: Path, cell: Cell) -> dict | None:
+def _read_row(folder: Path) -> dict | None:
+    """A cell folder's ``row.json``, or None if it has none (or an unreadable one)."""
     try:
-        return json.loads((out / "cells" / cell.name / ROW_FILE).read_text())
+        row = json.loads((folder / ROW_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return row if isinstance(row, dict) else None

@@ -5,6 +5,7 @@ one sweep folder lose no row."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,8 +13,17 @@ import pytest
 from click.testing import CliRunner
 from test_sweep import DIAGNOSE, FIT
 
+from pyro_skipvae import sweep as sweeps
 from pyro_skipvae.cli.main import cli
-from pyro_skipvae.sweep import ROW_FILE, collect, grid_cells
+from pyro_skipvae.sweep import (
+    COLUMNS,
+    ROW_FILE,
+    available_cpus,
+    collect,
+    grid_cells,
+    run_cell,
+    run_sweep,
+)
 
 #: per-run timings, the only columns two runs of one cell may differ in
 TIMINGS = {"seconds", "diagnose_seconds"}
@@ -92,3 +102,166 @@ def test_concurrent_cells_then_collect_equal_a_normal_sweep(tmp_path, data_dir):
     expected = rows(tmp_path / "whole")
     assert [r["status"] for r in expected] == ["ok"] * 3
     assert rows(tmp_path / "cells") == expected
+
+
+# Stands in for `python -m pyro_skipvae.cli.main fit|diagnose ...` (as in
+# test_sweep_interrupt.py): notes each start with its OMP_NUM_THREADS, and leaves the files
+# `cell_results` reads.
+FAKE_CELL = """#!{python}
+import json, os, sys
+from pathlib import Path
+
+step = sys.argv[3]
+folder = Path(sys.argv[sys.argv.index("--out") + 1] if step == "fit" else sys.argv[4])
+with open(os.environ["FAKE_CELL_RECORD"], "a") as record:
+    note = {{"step": step, "cell": folder.name, "threads": os.environ.get("OMP_NUM_THREADS")}}
+    record.write(json.dumps(note) + "\\n")
+if step == "fit":
+    config = {{
+        "model": {{"skip": True, "latent_dim": 2, "decoder": "mlp", "decoder_options": {{}}}},
+        "train": {{"inference": "svi", "seed": 0}},
+        "run": {{"dataset": "fake"}},
+    }}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.jsonl").write_text(json.dumps({{"epoch": 1, "seconds": 0.1}}) + "\\n")
+else:
+    (folder / "diagnostics.json").write_text("{{}}")
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path, monkeypatch):
+    """``(python, started)``: a fake interpreter for the cells, and the steps it ran."""
+    python, record = tmp_path / "python", tmp_path / "record.jsonl"
+    python.write_text(FAKE_CELL.format(python=sys.executable))
+    python.chmod(0o755)
+    monkeypatch.setenv("FAKE_CELL_RECORD", str(record))
+
+    def started():
+        lines = record.read_text().splitlines() if record.exists() else []
+        return [json.loads(line) for line in lines]
+
+    return str(python), started
+
+
+def write_old_results(out, statuses):
+    """A sweep folder as sweeps wrote them before cells had a row.json: results.csv only."""
+    (out / "cells").mkdir(parents=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for seed, status in enumerate(statuses):
+            (out / "cells" / f"seed={seed}").mkdir()
+            writer.writerow({"cell": f"seed={seed}", "status": status, "seed": seed})
+
+
+def test_an_old_sweep_without_row_files_keeps_its_rows(tmp_path, fake_python):
+    """collect and --cell on a folder holding only results.csv: no row is dropped, and an
+    `ok` cell is not rerun (both used to read row.json files only)."""
+    grid, out = write_grid(tmp_path), tmp_path / "s"
+    write_old_results(out, ["ok", "ok", "failed"])
+    before = rows(out)
+    summary = collect(grid, out)
+    assert (summary["ok"], summary["failed"], summary["missing"]) == (2, 1, 0)
+    assert rows(out) == before
+    python, started = fake_python
+    assert run_cell(grid, out, 1, python=python)["status"] == "ok"
+    assert started() == []  # ok in results.csv: not rerun
+    assert rows(out) == before
+    assert run_cell(grid, out, 2, python=python)["status"] == "ok"  # the failed one reruns
+    assert [s["cell"] for s in started()] == ["seed=2", "seed=2"]
+    assert [(r["cell"], r["status"]) for r in rows(out)] == [
+        ("seed=0", "ok"), ("seed=1", "ok"), ("seed=2", "ok")
+    ]  # fmt: skip
+
+
+def test_collect_counts_interrupted_cells_apart_and_keeps_cells_not_in_the_grid(tmp_path):
+    grid, out = write_grid(tmp_path), tmp_path / "s"
+    cells = {"seed=0": "ok", "seed=1": "interrupted", "seed=7": "ok"}  # seed=7: an old axis
+    for name, status in cells.items():
+        (out / "cells" / name).mkdir(parents=True)
+        (out / "cells" / name / ROW_FILE).write_text(json.dumps({"cell": name, "status": status}))
+    summary = collect(grid, out)
+    assert {k: summary[k] for k in ("cells", "ok", "failed", "interrupted", "missing")} == {
+        "cells": 3, "ok": 1, "failed": 0, "interrupted": 1, "missing": 1
+    }  # fmt: skip
+    assert summary["others"] == 1
+    assert [(r["cell"], r["status"]) for r in rows(out)] == [
+        ("seed=0", "ok"), ("seed=1", "interrupted"), ("seed=7", "ok")
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--out", str(out), "--collect"])
+    assert result.exit_code == 0, result.output
+    assert "1 ok, 0 failed, 1 interrupted, 1 not run (and 1 not in the grid)" in result.output
+
+
+def test_cells_train_on_the_cores_they_were_given(tmp_path, fake_python, monkeypatch):
+    """A cell gets $SLURM_CPUS_PER_TASK threads (--cpus-per-task), else the cores this
+    process is pinned to, not 1 (run_cell) or every core of the machine (run_sweep)."""
+    grid, out = write_grid(tmp_path), tmp_path / "s"
+    python, started = fake_python
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert available_cpus() == 3
+    run_cell(grid, out, 0, python=python)
+    assert [s["threads"] for s in started()] == ["3", "3"]
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert available_cpus() == len(os.sched_getaffinity(0))
+    run_sweep(grid, out, jobs=2, python=python)  # cells 1 and 2 left
+    assert [s["threads"] for s in started()[2:]] == [str(max(1, available_cpus() // 2))] * 4
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    (out / "cells" / "seed=0" / ROW_FILE).write_text(json.dumps({"status": "failed"}))
+    run_cell(grid, out, 0, python=python)
+    assert [s["threads"] for s in started()[6:]] == ["4", "4"]
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None,
+    reason="needs os.sched_getaffinity and taskset",
+)
+def test_a_sweep_pinned_to_one_core_gives_its_cells_one_thread(tmp_path, fake_python):
+    """Under `taskset -c N`, with no SLURM, the cells' threads follow the affinity, not the
+    machine's core count."""
+    grid, out = write_grid(tmp_path), tmp_path / "s"
+    python, started = fake_python
+    unset = ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    code = "import sys; from pyro_skipvae.sweep import run_sweep; run_sweep(*sys.argv[1:3], python=sys.argv[3])"  # noqa: E501
+    core = str(min(os.sched_getaffinity(0)))
+    command = ["taskset", "-c", core, sys.executable, "-c", code, str(grid), str(out), python]
+    subprocess.run(command, env=env, check=True)
+    assert [s["threads"] for s in started()] == ["1"] * 6
+
+
+@pytest.mark.parametrize("flags", [["--jobs", "2"], ["--mps", "on"]])
+def test_cell_refuses_options_for_cells_side_by_side(tmp_path, flags):
+    grid = write_grid(tmp_path)
+    sweep = ["sweep", str(grid), "--out", str(tmp_path / "s"), *flags]
+    result = CliRunner().invoke(cli, [*sweep, "--cell", "1"])
+    assert (
+        result.exit_code == 2
+        and f"{' '.join(flags)} is for cells run side by side" in result.output
+    )
+    # a whole-sweep command inside an array task says where its cell came from
+    result = CliRunner(env={"SLURM_ARRAY_TASK_ID": "1"}).invoke(cli, sweep)
+    assert result.exit_code == 2
+    assert (
+        "from SLURM_ARRAY_TASK_ID=1" in result.output
+        and "unset SLURM_ARRAY_TASK_ID" in result.output
+    )
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_cell_taken_from_the_array_task_id_is_announced(tmp_path, monkeypatch):
+    grid, calls = write_grid(tmp_path), []
+
+    def fake_run_cell(grid_file, out, index):
+        calls.append(index)
+        return {"cell": f"seed={index}", "status": "ok"}
+
+    monkeypatch.setattr(sweeps, "run_cell", fake_run_cell)
+    sweep = ["sweep", str(grid), "--out", str(tmp_path / "s")]
+    result = CliRunner(env={"SLURM_ARRAY_TASK_ID": "2"}).invoke(cli, sweep)
+    assert result.exit_code == 0, result.output
+    assert calls == [2] and "running cell 2 only (from SLURM_ARRAY_TASK_ID=2)" in result.output
+    result = CliRunner(env={"SLURM_ARRAY_TASK_ID": "2"}).invoke(cli, [*sweep, "--cell", "1"])
+    assert calls == [2, 1] and "SLURM_ARRAY_TASK_ID" not in result.output
