@@ -115,9 +115,10 @@ def diagnose_run(
     :raises TypeError: an unknown keyword (the message lists the options).
     """
     options = DiagnoseOptions.from_keywords(options, **keywords)
-    # writing into the run folder: one writer at a time (lock); elsewhere it only reads it
+    # writing into the run folder, or a folder inside it: one writer at a time (lock);
+    # elsewhere it only reads it
     out_dir = output_paths(run_dir, options.out)["json"].resolve().parent
-    into_run = out_dir == Path(run_dir).resolve()
+    into_run = out_dir.is_relative_to(Path(run_dir).resolve())
     with locked(run_dir, "skipvae diagnose", enabled=into_run and Path(run_dir).is_dir()):
         run = load_run(run_dir, options)
         split = prepare_split(run, options)

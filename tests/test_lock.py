@@ -216,3 +216,9 @@ def test_the_takeover_leaves_no_helper_files_behind(tmp_path):
     with locked(tmp_path, "here"):
         assert {CLOCK_FILE, TAKEOVER_FILE} <= {p.name for p in tmp_path.iterdir()}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diagnosis_written_below_the_run_folder_takes_its_lock(held):
+    folder, pid = held
+    with pytest.raises(RunLockedError, match=f"pid {pid}"):
+        diagnose_run(folder, out=folder / "sub" / "d.json")
