@@ -64,6 +64,8 @@ def handle_errors(command):
         except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
             sys.stderr.close()
             sys.exit(0)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own usage errors and exits: click prints them with their status
         except KeyboardInterrupt:
             _fail(
                 "interrupted; the last completed epoch's checkpoint is intact (use --resume)", 130

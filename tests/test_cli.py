@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -287,3 +288,19 @@ def test_component_options_reach_config_json_and_the_reloaded_model(tmp_path, da
     vae = SkipVAE.load(out)
     assert [m.out_features for m in vae.model.decoder.layers] == [16, 8, 784]
     assert vae.model.prior.logits.shape == (3,)
+
+
+def test_click_errors_raised_inside_a_command_keep_clicks_status_and_message():
+    """A usage check inside a command body is click's to report (exit 2 with the usage
+    line), not an "unexpected" error of the library (exit 1)."""
+    from pyro_skipvae.cli.options import handle_errors
+
+    @click.command()
+    @handle_errors
+    def command():
+        raise click.UsageError("--cell takes one cell; found --jobs 2")
+
+    result = CliRunner().invoke(command, [])
+    assert result.exit_code == 2
+    assert "Usage:" in result.output and "--cell takes one cell" in result.output
+    assert "unexpected" not in result.output
