@@ -130,9 +130,10 @@ def fit(case, splits, precision, seed, runs: Path):
     return run_dir, history
 
 
-def rescore(run_dir, val):
-    """Per-datapoint validation ELBO of a run's selected model, in float32, fixed MC seed."""
-    vae = SkipVAE.load(run_dir, precision="32")
+def rescore(run_dir, val, precision="32"):
+    """Per-datapoint validation ELBO of a run's selected model, fixed MC seed (in float32
+    unless ``precision`` says otherwise)."""
+    vae = SkipVAE.load(run_dir, precision=precision)
     data = prepare(val, vae.model.likelihood, binarization="none")
     batch = evaluation_batch_size(vae.model.likelihood, 500)
     pyro.set_rng_seed(1234)
@@ -170,6 +171,18 @@ def equivalence(case, runs: Path, control_seed=None):
         run_dir, history = fit(case, splits, precision, seed, runs)
         fitted[precision, seed] = (run_dir, selected(history), rescore(run_dir, val))
     base = fitted["32", 0]
+    # the same weights scored both ways: what bf16 does to an evaluation alone (diagnose)
+    mixed = rescore(base[0], val, precision="bf16-mixed")
+    write(
+        {
+            "benchmark": "evaluation",
+            "case": case,
+            "compared": "32 seed 0 weights scored in bf16-mixed - in 32",
+            "rescored_32": {"elbo": base[2]["elbo"], "kl": base[2]["kl"]},
+            "rescored_other": {"elbo": mixed["elbo"], "kl": mixed["kl"]},
+            **paired(base[2], mixed),
+        }
+    )
     for key, (_, chosen, scores) in fitted.items():
         if key == ("32", 0):
             continue
@@ -275,9 +288,11 @@ def report(path=RESULTS) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (kind, case, compared), r in latest.items():
-        if kind != "equivalence":
+        if kind not in ("equivalence", "evaluation"):
             continue
-        a, b = r["selected_32"], r["selected_other"]
+        a, b = r.get("selected_32"), r.get("selected_other")
+        if a is None:  # the same weights scored both ways: nothing was selected
+            a = b = {"epoch": "-", "val_elbo": math.nan, "val_kl": math.nan}
         d, se = r["elbo_difference"], r["elbo_difference_se"]
         lines.append(
             f"| {case} | {compared} | {a['epoch']} / {b['epoch']} | {a['val_elbo']:.2f} / "
