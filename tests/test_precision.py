@@ -4,6 +4,7 @@ checkpoints move between precisions, old run folders load, and what cannot run i
 
 import json
 import logging
+import math
 
 import pyro
 import pytest
@@ -260,3 +261,48 @@ def test_cli_fit_and_diagnose_take_precision(data_dir, tmp_path):
     assert diagnosed["bf16-mixed"]["elbo"] != diagnosed["32"]["elbo"]
     result = runner.invoke(cli, ["fit", "--precision", "16", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "'16' is not one of" in result.output
+
+
+# Every way of training a model, under bf16-mixed: each fit must run and score a finite
+# bound within bfloat16's reach of the float32 fit from the same seed (one epoch, two Adam
+# steps of a small MLP: the runs cannot drift apart further than the rounding carries).
+TRAININGS = {
+    "trace": {},
+    "mean-field": {"elbo": "mean-field"},
+    "iwae": {"elbo": "iwae", "num_particles": 3},
+    "free-bits": {"elbo": "free-bits"},
+    "jit": {"elbo": "jit"},
+    **{
+        f"semi-amortized {mode}": {
+            "inference": "semi-amortized",
+            "inference_options": {"mode": mode, "num_refine_steps": 2},
+        }
+        for mode in ("stop-gradient", "kl", "svi")
+    },
+    "aggressive": {"inference": "aggressive", "inference_options": {"max_aggressive_epochs": 1}},
+    "flow guide": {"guide": "flow"},
+    "bn-normal guide": {"guide": "bn-normal"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAININGS))
+def test_every_elbo_inference_and_guide_trains_mixed(name, mnist):
+    options = dict(TRAININGS[name])
+    model = {k: options.pop(k) for k in ("guide",) if k in options}
+    bounds = {}
+    for precision in ("32", "bf16-mixed"):
+        vae = SkipVAE(
+            mnist.data_shape, latent_dim=4, hidden_dims=(32,), seed=0, precision=precision, **model
+        )
+        history = vae.fit(
+            mnist.train[:100],
+            val=mnist.val[:50],
+            num_epochs=1,
+            batch_size=50,
+            binarize="dynamic",
+            seed=1,
+            **options,
+        )
+        bounds[precision] = history[-1]["val_elbo"]
+    assert all(math.isfinite(b) for b in bounds.values())
+    assert bounds["bf16-mixed"] == pytest.approx(bounds["32"], rel=10 * U)
