@@ -1,34 +1,46 @@
-"""Issue 23's GPU figures in one command, inside a time budget: prints JSON lines and appends
-them to ``--out``.
+"""The GPU figures of issues 23 and 34 in one command, inside a time budget: prints JSON lines
+and appends them to ``--out``.
 
     PYTHONPATH=. python3 benchmarks/gpu_bench.py [--device cuda] [--budget-s 240]
         [--out benchmarks/results/gpu_bench.jsonl] [--parts mlp,pixelcnn,cells,iw-nll]
-        [--mps auto|on|off]
+        [--mps auto|on|off] [--precisions 32,bf16-mixed]
     python3 benchmarks/gpu_bench.py --device cpu --tiny      # the tiny CPU run of the tests
 
-Parts (each line has ``"part"``; every line also records the device name, torch and Pyro
-versions, the git commit, the load average and the UTC time). All eager figures are measured
-first (mlp, pixelcnn, cells, iw-nll), then the compiled ones (pixelcnn, mlp, cells), so a
-budget too small for compilation still yields every eager figure:
+Parts (each line has ``"part"`` and, but for the start and end lines, ``"precision"``; every
+line also records the device name, torch and Pyro versions, the git commit, the load average
+and the UTC time). Each part is measured in each of ``--precisions`` (default both):
+``32`` (float32) and ``bf16-mixed`` (``SkipVAE(precision="bf16-mixed")``: the networks under
+bfloat16 autocast, :mod:`pyro_skipvae.infer.precision`). The order is every eager float32
+figure (mlp, pixelcnn, cells, cells under MPS, iw-nll), then the same eager figures in
+bf16-mixed, then the compiled ones (pixelcnn, mlp, cells; float32's, then bf16-mixed's), so a
+small budget still yields every eager float32 figure and a larger one the bf16 figures before
+any compilation. A bf16-mixed line has ``"speedup_over_float32"``: the float32 time of the
+same figure (same part, compile mode, cells and MPS) over its own, or null where float32's was
+not measured. Where the library refuses bf16-mixed on the device (a CUDA GPU without bfloat16,
+compute capability below 8.0: a ConfigError), each bf16-mixed part is one line with that
+``"error"`` and the run goes on:
 
 ``mlp``
     The MLP step ratio, Pyro over the faster of hand-written PyTorch with foreach and with
     fused Adam (same network): ``benchmarks/overhead.py`` itself, run as a child process with
-    ``--sides pyro torch torch-fused``, eager and then with each of ``--compile-modes`` (both
-    sides compiled alike). Its own JSON line is passed on under ``"overhead"``.
+    ``--sides pyro torch torch-fused --precision P``, eager and then with each of
+    ``--compile-modes`` (both sides compiled alike; under bf16-mixed the hand-written sides
+    write the autocast by hand, so the ratio compares bf16 with bf16). Its own JSON line is
+    passed on under ``"overhead"``; ``speedup_over_float32`` is the Pyro step's.
 ``pixelcnn``
     The paper-size PixelCNN step (8 gated layers × 32 channels, kernel 3; conv encoder of 64
     channels; latent 20; batch 50; Adam with clip 5 through ``SVI`` and our Trace_ELBO, what
-    ``skipvae fit`` runs) on static binarised MNIST: eager and with each compile mode.
+    ``skipvae fit`` runs) on static binarised MNIST, built with ``precision=P``: eager and
+    with each compile mode.
 ``cells``
     Aggregate training throughput of 1, 2 and 4 cells (``--cells``) side by side on the one
-    device, each cell its own process training the paper-size PixelCNN (as ``skipvae sweep
-    --jobs N`` runs them): every process warms up (compiles), waits at a barrier, then counts
-    the steps it finishes in ``--seconds`` seconds. Aggregate steps/s is their sum over the
-    window; epochs per minute take an epoch as 50,000 / 50 = 1,000 steps (validation
-    excluded); ``scaling`` is aggregate(N) / aggregate(1), to compare with the 0.7·N goal.
-    Eager without MPS; then eager under CUDA MPS (``--mps``, below); then (budget allowing)
-    with ``--cells-compile``. Every cells line says ``"mps"``: true or false.
+    device, each cell its own process training the paper-size PixelCNN in the series'
+    precision (as ``skipvae sweep --jobs N`` runs them): every process warms up (compiles),
+    waits at a barrier, then counts the steps it finishes in ``--seconds`` seconds. Aggregate
+    steps/s is their sum over the window; epochs per minute take an epoch as 50,000 / 50 =
+    1,000 steps (validation excluded); ``scaling`` is aggregate(N) / aggregate(1), to compare
+    with the 0.7·N goal. Eager without MPS; then eager under CUDA MPS (``--mps``, below); then
+    (budget allowing) with ``--cells-compile``. Every cells line says ``"mps"``: true or false.
 ``cells`` under CUDA MPS (``--mps auto``, the default, or ``on``)
     The same 1, 2, 4 cells as clients of one private MPS control daemon
     (:func:`pyro_skipvae.mps.daemon`, started once for the series and stopped after it), as
@@ -44,14 +56,18 @@ budget too small for compilation still yields every eager figure:
     of the paper-size PixelCNN on the test split (10,000 images). The weights are the
     untrained initial ones: only the time is measured. Within the budget a subset is timed
     and scaled to the whole split; the line says how many images were timed (``images``) and
-    whether ``seconds_full_split`` is scaled (``scaled``).
+    whether ``seconds_full_split`` is scaled (``scaled``). Each timing takes at most
+    ``--iw-s`` seconds (default 30) and half of what is left of the budget, so the float32
+    timing leaves the bf16 series its share.
 
 **Budget.** ``--budget-s`` bounds the whole run (default 240 s). Before each measurement its
 cost is estimated (process start, compilation, timing); a measurement that does not fit in
 what is left is skipped with a line ``{"skipped": ...}``, and every child process runs under a
 timeout of what is left, so the command ends within the budget plus a few seconds of cleanup.
 Compilation (tens of seconds per network on a busy CPU, less on a GPU host) is the costly part:
-the eager figures come first.
+the eager figures come first. On an H200 a budget of 200 s covered the eager float32 figures
+without MPS (``benchmarks/results/gpu_bench.md``); the MPS series and the bf16-mixed series
+each add about as much again (an estimate), so ask for more (``--budget-s 540``) to get them.
 
 ``--tiny`` shrinks every network and count so the whole command runs in seconds on one CPU
 core (``tests/test_gpu_bench.py`` runs it so); tiny timings mean nothing. The data sets come
@@ -85,8 +101,9 @@ TINY = ({"num_layers": 2, "channels": 4, "kernel_sizes": 3}, {"channels": 4})
 # ---------------------------------------------------------------------------- facts
 
 
-def pixelcnn_vae(data_shape, args, compile=False):
-    """The timed model: the paper-size PixelCNN VAE (or the tiny one), latent 20, seed 0."""
+def pixelcnn_vae(data_shape, args, compile=False, precision="32"):
+    """The timed model: the paper-size PixelCNN VAE (or the tiny one), latent 20, seed 0, in
+    ``precision`` (``"32"`` or ``"bf16-mixed"``)."""
     from pyro_skipvae import SkipVAE
 
     decoder_options, encoder_options = TINY if args.tiny else PAPER
@@ -100,6 +117,7 @@ def pixelcnn_vae(data_shape, args, compile=False):
         seed=0,
         device=args.device,
         compile=compile,
+        precision=precision,
     )
 
 
@@ -193,6 +211,28 @@ def child_env():
     return env
 
 
+def against_float32(args, precision, key, seconds) -> dict:
+    """Remember a float32 time under ``key``; for another precision, its speed-up over the
+    float32 time of the same ``key`` (``{"speedup_over_float32": ...}``, None if not measured)."""
+    if precision == "32":
+        args.float32_seconds[key] = seconds
+        return {}
+    reference = args.float32_seconds.get(key)
+    return {"speedup_over_float32": None if reference is None else round(reference / seconds, 3)}
+
+
+def refusal(args, precision) -> str | None:
+    """Why ``precision`` cannot run on ``args.device`` (the library's own check: a CUDA device
+    without bfloat16 is a ConfigError), or ``None``."""
+    from pyro_skipvae.infer import precision as mixed
+
+    try:
+        mixed.check_device(precision, args.device)
+    except Exception as e:  # ConfigError; or CUDA asked of a machine without it
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def mps_unavailable(args) -> str | None:
     """Why the series under CUDA MPS cannot be measured here, or ``None``."""
     from pyro_skipvae import mps
@@ -208,12 +248,12 @@ def mps_unavailable(args) -> str | None:
 
 
 # ---------------------------------------------------------------------------- mlp
-def mlp(args, budget, report, modes):
-    """overhead.py in a child process, for each mode (None: eager)."""
+def mlp(args, budget, report, precision, modes):
+    """overhead.py in a child process, in ``precision``, for each mode (None: eager)."""
     for mode in modes:
         estimate = args.startup_s + args.mlp_s + (args.compile_s if mode else 0)
         if not budget.fits(estimate):
-            report.skip("mlp", budget, estimate, compile=mode)
+            report.skip("mlp", budget, estimate, precision=precision, compile=mode)
             continue
         command = [
             sys.executable,
@@ -224,6 +264,8 @@ def mlp(args, budget, report, modes):
             "pyro",
             "torch",
             "torch-fused",
+            "--precision",
+            precision,
             *(["--compile", mode] if mode else []),
             *(
                 [
@@ -243,19 +285,25 @@ def mlp(args, budget, report, modes):
                 command, capture_output=True, text=True, timeout=budget.left(), env=child_env()
             )
         except subprocess.TimeoutExpired:
-            report.emit("mlp", compile=mode, error="timed out: the budget ran out")
+            report.emit(
+                "mlp", precision=precision, compile=mode, error="timed out: the budget ran out"
+            )
             continue
         if done.returncode != 0:
-            report.emit("mlp", compile=mode, error=done.stderr.strip()[-2000:])
+            error = done.stderr.strip()[-2000:]
+            report.emit("mlp", precision=precision, compile=mode, error=error)
             continue
         result = json.loads(done.stdout.strip().splitlines()[-1])
         report.emit(
             "mlp",
+            precision=precision,
             compile=mode,
             ratio=result["ratio"],
             baseline=result["baseline"],
             ratio_range=result["ratio_range"],
             ms_per_step=result["ms_per_step"],
+            # the Pyro step's own speed-up (the ratio compares like with like, bf16 with bf16)
+            **against_float32(args, precision, ("mlp", mode), result["ms_per_step"]["pyro"]),
             seconds=round(time.monotonic() - started, 1),
             overhead=result,
         )
@@ -273,7 +321,12 @@ def cell(args):
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     splits = load_dataset("binarized-mnist", train_size=20 * 50)
-    vae = pixelcnn_vae(splits.data_shape, args, compile=args.worker_compile or False)
+    vae = pixelcnn_vae(
+        splits.data_shape,
+        args,
+        compile=args.worker_compile or False,
+        precision=args.worker_precision,
+    )
     svi = SVI(
         vae.model, vae.guide, Optimizer(vae.parameters(), clip_norm=5.0), ELBOS.build("trace")
     )
@@ -304,6 +357,7 @@ def cell(args):
                 "stop": stop,
                 "warmup_s": round(warmup, 1),
                 "compiled": vae.compiled,
+                "precision": vae.config.precision,
                 "parameters": sum(p.numel() for p in vae.parameters()),
             }
         ),
@@ -311,10 +365,10 @@ def cell(args):
     )
 
 
-def run_cells(args, budget, n, mode, extra_env=None):
-    """Start ``n`` cells (``extra_env`` added to their environment: the MPS variables),
-    release them together once all are warm, return their results (or raise TimeoutError /
-    RuntimeError)."""
+def run_cells(args, budget, n, mode, precision="32", extra_env=None):
+    """Start ``n`` cells in ``precision`` (``extra_env`` added to their environment: the MPS
+    variables), release them together once all are warm, return their results (or raise
+    TimeoutError / RuntimeError)."""
     with tempfile.TemporaryDirectory() as folder:
         go = os.path.join(folder, "go")
         command = [
@@ -330,6 +384,8 @@ def run_cells(args, budget, n, mode, extra_env=None):
             "--go-file",
             go,
             *(["--worker-compile", mode] if mode else []),
+            "--worker-precision",
+            precision,
             *(["--tiny"] if args.tiny else []),
         ]
         logs = [open(os.path.join(folder, f"cell{i}.err"), "w+") for i in range(n)]
@@ -386,24 +442,25 @@ def cell_estimate(args, mode):
     return args.startup_s + (args.compile_s if mode else 0) + args.seconds + 5
 
 
-def pixelcnn(args, budget, report, modes):
-    """The step time of one cell, for each mode (None: eager)."""
+def pixelcnn(args, budget, report, precision, modes):
+    """The step time of one cell in ``precision``, for each mode (None: eager)."""
     for mode in modes:
         estimate = cell_estimate(args, mode)
         if not budget.fits(estimate):
-            report.skip("pixelcnn", budget, estimate, compile=mode)
+            report.skip("pixelcnn", budget, estimate, precision=precision, compile=mode)
             continue
         try:
-            (result,) = run_cells(args, budget, 1, mode)
+            (result,) = run_cells(args, budget, 1, mode, precision)
         except (TimeoutError, RuntimeError) as e:
-            report.emit("pixelcnn", compile=mode, error=str(e))
+            report.emit("pixelcnn", precision=precision, compile=mode, error=str(e))
             continue
         ms = 1e3 * (result["stop"] - result["start"]) / result["steps"]
         if mode is None:
-            args.eager_ms = ms
-        eager_ms = getattr(args, "eager_ms", None)
+            args.eager_ms[precision] = ms
+        eager_ms = args.eager_ms.get(precision)  # the same precision's eager step
         report.emit(
             "pixelcnn",
+            precision=precision,
             size="tiny" if args.tiny else "paper: 8 x 32, kernel 3; conv encoder 64; latent 20",
             batch_size=50,
             compile=mode,
@@ -411,14 +468,15 @@ def pixelcnn(args, budget, report, modes):
             ms_per_step=round(ms, 3),
             steps_timed=result["steps"],
             speedup_over_eager=None if eager_ms is None else round(eager_ms / ms, 3),
+            **against_float32(args, precision, ("pixelcnn", mode), ms),
             warmup_s=result["warmup_s"],
             parameters=result["parameters"],
         )
 
 
-def cells(args, budget, report, modes, mps_env=None):
-    """Aggregate throughput of N cells side by side, for each mode (None: eager); under the
-    MPS daemon of ``mps_env`` if given."""
+def cells(args, budget, report, precision, modes, mps_env=None):
+    """Aggregate throughput of N cells side by side in ``precision``, for each mode (None:
+    eager); under the MPS daemon of ``mps_env`` if given."""
     from pyro_skipvae.mps import running_daemon
 
     mps = mps_env is not None
@@ -427,29 +485,28 @@ def cells(args, budget, report, modes, mps_env=None):
     for mode in modes:
         single = None
         # the issue's reference is one cell alone without MPS; under MPS, once that is known
-        reference = getattr(args, "single_rate", {}).get(mode) if mps else None
+        reference = args.single_rate.get((precision, mode)) if mps else None
         for n in args.cells:
             estimate = cell_estimate(args, mode) + 2 * n  # the cells start side by side
+            what = {"precision": precision, "cells": n, "compile": mode, "mps": mps}
             if not budget.fits(estimate):
-                report.skip("cells", budget, estimate, cells=n, compile=mode, mps=mps)
+                report.skip("cells", budget, estimate, **what)
                 continue
             try:
-                results = run_cells(args, budget, n, mode, mps_env)
+                results = run_cells(args, budget, n, mode, precision, mps_env)
             except (TimeoutError, RuntimeError) as e:
-                report.emit("cells", cells=n, compile=mode, mps=mps, error=str(e))
+                report.emit("cells", **what, error=str(e))
                 continue
             window = max(r["stop"] for r in results) - min(r["start"] for r in results)
             steps = sum(r["steps"] for r in results)
             rate = steps / window
             single = rate if n == 1 else single
             if n == 1 and not mps:
-                args.single_rate = {**getattr(args, "single_rate", {}), mode: rate}
+                args.single_rate[(precision, mode)] = rate
             base = reference or single
             report.emit(
                 "cells",
-                cells=n,
-                compile=mode,
-                mps=mps,
+                **what,
                 **({"mps_note": note + ": the cells may have joined it"} if note else {}),
                 steps_per_second=round(rate, 2),
                 epochs_per_minute=round(60 * rate / STEPS_PER_EPOCH, 3),
@@ -464,10 +521,11 @@ def cells(args, budget, report, modes, mps_env=None):
                     round(1e3 * (r["stop"] - r["start"]) / r["steps"], 2) for r in results
                 ],
                 window_s=round(window, 2),
+                **against_float32(args, precision, ("cells", mode, mps, n), 1 / rate),
             )
 
 
-def cells_mps(args, budget, report, modes):
+def cells_mps(args, budget, report, precision, modes):
     """The cells series again, as clients of one private CUDA MPS daemon (``--mps``)."""
     from pyro_skipvae import mps
     from pyro_skipvae.errors import MPSError
@@ -477,28 +535,29 @@ def cells_mps(args, budget, report, modes):
     reason = mps_unavailable(args)
     if reason is not None:
         if args.mps == "on":
-            report.emit("cells", mps=True, error=reason)
+            report.emit("cells", precision=precision, mps=True, error=reason)
         else:
-            report.emit("cells", mps=True, skipped=reason)
+            report.emit("cells", precision=precision, mps=True, skipped=reason)
         return
     # the daemon's start and stop: a few seconds, on top of the series' first cell
     estimate = cell_estimate(args, None) + 5
     if not budget.fits(estimate):
-        report.skip("cells", budget, estimate, mps=True)
+        report.skip("cells", budget, estimate, precision=precision, mps=True)
         return
     try:
         with mps.daemon(timeout=min(30.0, max(budget.left(), 1))) as mps_env:
-            cells(args, budget, report, modes, mps_env=mps_env)
+            cells(args, budget, report, precision, modes, mps_env=mps_env)
     except MPSError as e:
-        report.emit("cells", mps=True, error=str(e))
+        report.emit("cells", precision=precision, mps=True, error=str(e))
 
 
 # ---------------------------------------------------------------------------- iw-nll
-def iw_nll(args, budget, report, modes=None):
-    """IW-NLL (K = 500) time on the test split, a subset scaled up if the budget demands."""
-    estimate = 10 + (2 if args.tiny else 15)
+def iw_nll(args, budget, report, precision, modes=None):
+    """IW-NLL (K = 500) time on the test split in ``precision``, a subset scaled up if the
+    budget demands."""
+    estimate = 10 + min(args.iw_s, 2 if args.tiny else 15)
     if not budget.fits(estimate):
-        report.skip("iw-nll", budget, estimate)
+        report.skip("iw-nll", budget, estimate, precision=precision)
         return
     import pyro
     import torch
@@ -508,7 +567,7 @@ def iw_nll(args, budget, report, modes=None):
     from pyro_skipvae.modes import evaluating
 
     test = load_dataset("binarized-mnist").test
-    vae = pixelcnn_vae(test.shape[1:], args)
+    vae = pixelcnn_vae(test.shape[1:], args, precision=precision)
     cuda = vae.device.type == "cuda"
 
     def timed(n):
@@ -524,15 +583,17 @@ def iw_nll(args, budget, report, modes=None):
         assert torch.isfinite(result.nll).all()
         return time.perf_counter() - started
 
-    # a first small batch (allocator, cuDNN's algorithm search), then as many images as half
-    # of what is left allows, at most the whole split
+    # a first small batch (allocator, cuDNN's algorithm search), then as many images as
+    # --iw-s seconds and half of what is left allow, at most the whole split
     first = 2 if args.tiny else 100 if cuda else 10
     per_image = timed(first) / first
-    n = int(min(NUM_TEST, max(first, 0.5 * (budget.left() - 5) / per_image)))
+    allowed = min(args.iw_s, 0.5 * (budget.left() - 5))
+    n = int(min(NUM_TEST, max(first, allowed / per_image)))
     n = min(n, args.iw_images or (4 if args.tiny else NUM_TEST))
     seconds = timed(n)
     report.emit(
         "iw-nll",
+        precision=precision,
         num_samples=500,
         split="test",
         size="tiny" if args.tiny else "paper PixelCNN (untrained weights: time only)",
@@ -541,6 +602,7 @@ def iw_nll(args, budget, report, modes=None):
         seconds_full_split=round(seconds * NUM_TEST / n, 1),
         scaled=n < NUM_TEST,
         note=None if n == NUM_TEST else f"{n} of {NUM_TEST} test images timed, scaled up",
+        **against_float32(args, precision, ("iw-nll",), seconds / n),
     )
 
 
@@ -554,6 +616,12 @@ def parse(argv=None):
     parser.add_argument("--out", default=None, help="append the JSON lines to this file")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CPU test)")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
+    parser.add_argument(
+        "--precisions",
+        default="32,bf16-mixed",
+        help="comma-separated precisions to measure, float32 first whatever the order given "
+        "[default: 32,bf16-mixed]",
+    )
     parser.add_argument(
         "--compile-modes",
         default=None,
@@ -577,6 +645,9 @@ def parse(argv=None):
     parser.add_argument("--seconds", type=float, default=None, help="timing window per cell")
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--iw-images", type=int, default=None, help="at most this many")
+    parser.add_argument(
+        "--iw-s", type=float, default=None, help="at most this long per IW-NLL timing [30 s]"
+    )
     # estimates that decide what fits in the budget
     parser.add_argument("--startup-s", type=float, default=None, help="process start + data")
     parser.add_argument("--compile-s", type=float, default=None, help="one compilation")
@@ -584,6 +655,7 @@ def parse(argv=None):
     # a cell process (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-compile", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-precision", default="32", help=argparse.SUPPRESS)
     parser.add_argument("--go-file", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
@@ -597,12 +669,25 @@ def parse(argv=None):
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; expected some of {', '.join(PARTS)}")
+    from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.infer.precision import PRECISIONS, precision_mode
+
+    try:
+        named = {precision_mode(p) for p in args.precisions.split(",") if p}
+    except ConfigError as e:
+        parser.error(str(e))
+    if not named:
+        parser.error("--precisions names none")
+    args.precisions = sorted(named, key=PRECISIONS.index)  # float32 first
+    # what later measurements are compared with, filled in as the run goes
+    args.eager_ms, args.single_rate, args.float32_seconds = {}, {}, {}
     defaults = {  # tiny / full
         "seconds": (0.5, 8.0),
         "warmup_steps": (1, 3),
         "startup_s": (10.0, 20.0),
         "compile_s": (60.0, 90.0),
         "mlp_s": (10.0, 30.0),
+        "iw_s": (5.0, 30.0),
     }
     for name, (tiny, full) in defaults.items():
         if getattr(args, name) is None:
@@ -621,6 +706,7 @@ def main(argv=None):
         "start",
         budget_s=args.budget_s,
         parts=args.parts,
+        precisions=args.precisions,
         compile_modes=args.compile_modes,
         cells=args.cells,
         mps=args.mps,
@@ -630,24 +716,39 @@ def main(argv=None):
     started = time.monotonic()
     compiled = list(args.compile_modes)
     cells_compiled = [args.cells_compile] if args.cells_compile else []
-    # every eager figure first, then the compiled ones (compilation is the costly part)
+    # every eager float32 figure first, then the eager ones of the other precisions, then the
+    # compiled ones (compilation is the costly part), float32's first
     plan = [
-        ("mlp", mlp, [None]),
-        ("pixelcnn", pixelcnn, [None]),
-        ("cells", cells, [None]),
-        ("cells", cells_mps, [None]),
-        ("iw-nll", iw_nll, None),
-        ("pixelcnn", pixelcnn, compiled),
-        ("mlp", mlp, compiled),
-        ("cells", cells, cells_compiled),
+        step
+        for precision in args.precisions
+        for step in [
+            ("mlp", mlp, precision, [None]),
+            ("pixelcnn", pixelcnn, precision, [None]),
+            ("cells", cells, precision, [None]),
+            ("cells", cells_mps, precision, [None]),
+            ("iw-nll", iw_nll, precision, None),
+        ]
+    ] + [
+        step
+        for precision in args.precisions
+        for step in [
+            ("pixelcnn", pixelcnn, precision, compiled),
+            ("mlp", mlp, precision, compiled),
+            ("cells", cells, precision, cells_compiled),
+        ]
     ]
-    for part, run, modes in plan:
+    refused = {p: refusal(args, p) for p in args.precisions}
+    for part, run, precision, modes in plan:
         if part not in args.parts or modes == []:
             continue
+        if refused[precision]:  # e.g. bf16-mixed on a GPU without bfloat16: said, not run
+            report.emit(part, precision=precision, compile=modes, error=refused[precision])
+            continue
         try:
-            run(args, budget, report, modes)
+            run(args, budget, report, precision, modes)
         except Exception as e:  # one part's failure (missing data, a CUDA error) is a line
-            report.emit(part, compile=modes, error=f"{type(e).__name__}: {e}"[-2000:])
+            error = f"{type(e).__name__}: {e}"[-2000:]
+            report.emit(part, precision=precision, compile=modes, error=error)
     report.emit("end", seconds=round(time.monotonic() - started, 1))
 
 

@@ -1,5 +1,6 @@
-"""benchmarks/gpu_bench.py (issue 23's GPU figures) at its tiny size on the CPU: every part
-prints its JSON line with the facts that make a timing reportable, within the budget."""
+"""benchmarks/gpu_bench.py (the GPU figures of issues 23 and 34) at its tiny size on the CPU:
+every part prints its JSON line, in float32 and in bf16-mixed, with the facts that make a
+timing reportable, within the budget."""
 
 import json
 import os
@@ -27,28 +28,55 @@ def test_gpu_bench_runs_tiny_on_the_cpu(data_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [json.loads(line) for line in out.read_text().splitlines()] == printed
-    rows = {(r["part"], r.get("cells") if r["part"] == "cells" else None): r for r in printed}
-    assert set(rows) == {
-        ("start", None),
-        ("mlp", None),
-        ("pixelcnn", None),
-        ("cells", 1),
-        ("cells", 2),
-        ("cells", None),  # the series under CUDA MPS, skipped on the CPU
-        ("iw-nll", None),
-        ("end", None),
-    }
-    mps = rows.pop(("cells", None))
-    assert mps["mps"] is True and mps["skipped"] == "MPS: the device is cpu; MPS is a CUDA service"
+    assert printed[0]["precisions"] == ["32", "bf16-mixed"]
+
+    def key(r):
+        return r["part"], r.get("precision"), r.get("cells") if r["part"] == "cells" else None
+
+    # every eager float32 figure before any bf16-mixed one
+    order = [key(r) for r in printed]
+    assert order == [
+        ("start", None, None),
+        *(
+            (part, precision, n)
+            for precision in ("32", "bf16-mixed")
+            for part, n in [
+                ("mlp", None),
+                ("pixelcnn", None),
+                ("cells", 1),
+                ("cells", 2),
+                ("cells", None),  # the series under CUDA MPS, skipped on the CPU
+                ("iw-nll", None),
+            ]
+        ),
+        ("end", None, None),
+    ]
+    rows = {key(r): r for r in printed}
+    for precision in ("32", "bf16-mixed"):
+        mps = rows.pop(("cells", precision, None))
+        assert mps["mps"] is True
+        assert mps["skipped"] == "MPS: the device is cpu; MPS is a CUDA service"
     for row in rows.values():
         assert "error" not in row and "skipped" not in row, row
         assert {"device", "torch", "pyro", "commit", "load_average", "time"} <= set(row)
-    assert rows[("mlp", None)]["ratio"] > 0 and rows[("mlp", None)]["baseline"].startswith("torch")
-    assert rows[("pixelcnn", None)]["ms_per_step"] > 0
-    assert rows[("cells", 2)]["steps_per_second"] > 0 and rows[("cells", 1)]["scaling"] == 1.0
-    assert rows[("cells", 1)]["mps"] is False and rows[("cells", 2)]["mps"] is False
-    iw = rows[("iw-nll", None)]
-    assert iw["num_samples"] == 500 and iw["scaled"] and iw["images"] < 10_000
+    for precision in ("32", "bf16-mixed"):
+        mlp = rows[("mlp", precision, None)]
+        assert mlp["ratio"] > 0 and mlp["baseline"].startswith("torch")
+        assert mlp["overhead"]["precision"] == precision  # overhead.py ran in it
+        assert rows[("pixelcnn", precision, None)]["ms_per_step"] > 0
+        one, two = rows[("cells", precision, 1)], rows[("cells", precision, 2)]
+        assert two["steps_per_second"] > 0 and one["scaling"] == 1.0
+        assert one["mps"] is False and two["mps"] is False
+        iw = rows[("iw-nll", precision, None)]
+        assert iw["num_samples"] == 500 and iw["scaled"] and iw["images"] < 10_000
+    for key_ in [
+        ("mlp", "bf16-mixed", None),
+        ("pixelcnn", "bf16-mixed", None),
+        ("cells", "bf16-mixed", 2),
+        ("iw-nll", "bf16-mixed", None),
+    ]:
+        assert rows[key_]["speedup_over_float32"] > 0, key_
+    assert "speedup_over_float32" not in rows[("pixelcnn", "32", None)]
 
 
 def test_gpu_bench_skips_what_does_not_fit_in_the_budget(data_dir, tmp_path):
@@ -65,6 +93,7 @@ def test_gpu_bench_skips_what_does_not_fit_in_the_budget(data_dir, tmp_path):
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     measured = [r for r in rows if r["part"] not in ("start", "end")]
     assert measured and all("skipped" in r for r in measured)
+    assert {r["precision"] for r in measured} == {"32", "bf16-mixed"}
     assert rows[-1]["part"] == "end" and rows[-1]["seconds"] < 10
 
 
@@ -84,15 +113,15 @@ def test_the_mps_series_runs_under_one_private_daemon(data_dir, tmp_path, monkey
     given = []
     run_cells = bench.run_cells
 
-    def spy(args, budget, n, mode, extra_env=None):
+    def spy(args, budget, n, mode, precision="32", extra_env=None):
         given.append(extra_env)
-        return run_cells(args, budget, n, mode, extra_env)
+        return run_cells(args, budget, n, mode, precision, extra_env)
 
     monkeypatch.setattr(bench, "run_cells", spy)
     out = tmp_path / "bench.jsonl"
     args = bench.parse(["--device", "cpu", "--tiny", "--parts", "cells", "--out", str(out)])
-    args.single_rate = {None: 10.0}  # one cell without MPS, as the eager series leaves it
-    bench.cells_mps(args, bench.Budget(120), bench.Report(args), [None])
+    args.single_rate = {("32", None): 10.0}  # one cell without MPS, as the eager series leaves it
+    bench.cells_mps(args, bench.Budget(120), bench.Report(args), "32", [None])
 
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["cells"], r["mps"]) for r in lines] == [(1, True), (2, True)], lines
@@ -106,3 +135,34 @@ def test_the_mps_series_runs_under_one_private_daemon(data_dir, tmp_path, monkey
     assert [e["CUDA_MPS_PIPE_DIRECTORY"] for e in given] == [pipe, pipe]
     assert calls(record)[-1] == {"command": "quit", "argv": "", "pipe": pipe}
     assert not os.path.exists(pipe)
+
+
+def test_a_precision_the_device_refuses_is_one_error_line_a_part(tmp_path, monkeypatch, capsys):
+    # bf16-mixed on a CUDA GPU without bfloat16: the library's ConfigError, stood in for here
+    # (the CPU runs bf16); each of its parts says so and the run goes on to its end.
+    import importlib.util
+
+    from pyro_skipvae.errors import ConfigError
+    from pyro_skipvae.infer import precision
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def check_device(mode, device):
+        if mode != "32":
+            raise ConfigError("precision 'bf16-mixed' needs a GPU with bfloat16 support")
+
+    monkeypatch.setattr(precision, "check_device", check_device)
+    bench.main(["--device", "cpu", "--tiny", "--precisions", "bf16", "--parts", "mlp,iw-nll"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["part"], r.get("precision")) for r in rows] == [
+        ("start", None),
+        ("mlp", "bf16-mixed"),
+        ("iw-nll", "bf16-mixed"),
+        ("end", None),
+    ]
+    for row in rows[1:3]:
+        assert row["error"] == (
+            "ConfigError: precision 'bf16-mixed' needs a GPU with bfloat16 support"
+        )
