@@ -83,6 +83,9 @@ def test_the_text_study_has_the_amortized_and_the_semi_amortized_pair(gpu_window
     assert "--num-samples 500" in " ".join(study.diagnose)
 
 
+# ~50 s on a quiet core (two windows of two text cells, trained and diagnosed): with -m slow;
+# the default suite keeps the text study's own-rule test below, which runs a text cell too.
+@pytest.mark.slow
 def test_text_cells_train_diagnose_and_resume(gpu_window, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SKIPVAE_DATA_DIR", str(data_dir))
     options = ["--study", "ptb", "--out", str(tmp_path), "--tiny", "--device", "cpu"]
