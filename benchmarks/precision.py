@@ -200,6 +200,34 @@ def equivalence(case, runs: Path, control_seed=None):
         )
 
 
+def seeds_comparison(case, runs: Path, seeds, precisions=PRECISIONS):
+    """Both precisions at each of ``seeds``: the mean re-scored validation bound per precision
+    over the seeds, and the difference of the means with its standard error from the seeds'
+    spread (Welch: sqrt(s²_a/n_a + s²_b/n_b)), which includes the run-to-run noise that one
+    seed per precision cannot see. Fits are resumed where they exist."""
+    splits = load_dataset(CASES[case][0]["name"])
+    val = splits.val
+    if CASES[case][2].get("binarize") == "dynamic":
+        val = binarize(val, "dynamic", torch.Generator().manual_seed(0))
+    bounds = {p: [] for p in precisions}
+    for seed in seeds:
+        for precision in precisions:
+            run_dir, _ = fit(case, splits, precision, seed, runs)
+            bounds[precision].append(rescore(run_dir, val)["elbo"])
+    a, b = (torch.tensor(bounds[p], dtype=torch.float64) for p in precisions)
+    se = math.sqrt(a.var().item() / len(a) + b.var().item() / len(b))
+    write(
+        {
+            "benchmark": "seeds",
+            "case": case,
+            "compared": f"mean over seeds {list(seeds)}: {precisions[1]} - {precisions[0]}",
+            "bounds": bounds,
+            "elbo_difference": (b.mean() - a.mean()).item(),
+            "elbo_difference_se": se,
+        }
+    )
+
+
 def time_steps(case, splits, *, num_steps, blocks, seed=0):
     """ms per training step of each precision, interleaved blocks; returns medians."""
     _, _, fit_options = CASES[case]
@@ -327,6 +355,11 @@ def main():
     eq.add_argument("case", choices=sorted(CASES))
     eq.add_argument("--runs", type=Path, default=Path("../runs/precision"))
     eq.add_argument("--control-seed", type=int, default=None)
+    se = sub.add_parser("seeds", help="both precisions at several seeds, difference of means")
+    se.add_argument("case", choices=sorted(CASES))
+    se.add_argument("--runs", type=Path, default=Path("../runs/precision"))
+    se.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    se.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     sp = sub.add_parser("speed")
     sp.add_argument("--num-steps", type=int, default=10)
     sp.add_argument("--blocks", type=int, default=5)
@@ -335,6 +368,8 @@ def main():
     args = parser.parse_args()
     if args.command == "report":
         print(report())
+    elif args.command == "seeds":
+        seeds_comparison(args.case, args.runs, args.seeds, tuple(args.precisions))
     elif args.command == "equivalence":
         equivalence(args.case, args.runs, args.control_seed)
     else:
