@@ -159,12 +159,18 @@ def selected(history) -> dict:
     return {k: best[k] for k in ("epoch", "val_elbo", "val_kl", "seconds")}
 
 
-def equivalence(case, runs: Path, control_seed=None):
-    data_options = CASES[case][0]
-    splits = load_dataset(data_options["name"])
+def case_data(case):
+    """The case's data set and its validation split, binarised once with a fixed seed where
+    the fit binarises dynamically, so that every model is re-scored on the same points."""
+    splits = load_dataset(CASES[case][0]["name"])
     val = splits.val
-    if CASES[case][2].get("binarize") == "dynamic":  # validation as fit binarises it
+    if CASES[case][2].get("binarize") == "dynamic":
         val = binarize(val, "dynamic", torch.Generator().manual_seed(0))
+    return splits, val
+
+
+def equivalence(case, runs: Path, control_seed=None):
+    splits, val = case_data(case)
     cells = [(p, 0) for p in PRECISIONS] + ([("32", control_seed)] if control_seed else [])
     fitted = {}
     for precision, seed in cells:
@@ -205,10 +211,7 @@ def seeds_comparison(case, runs: Path, seeds, precisions=PRECISIONS):
     over the seeds, and the difference of the means with its standard error from the seeds'
     spread (Welch: sqrt(s²_a/n_a + s²_b/n_b)), which includes the run-to-run noise that one
     seed per precision cannot see. Fits are resumed where they exist."""
-    splits = load_dataset(CASES[case][0]["name"])
-    val = splits.val
-    if CASES[case][2].get("binarize") == "dynamic":
-        val = binarize(val, "dynamic", torch.Generator().manual_seed(0))
+    splits, val = case_data(case)
     bounds = {p: [] for p in precisions}
     for seed in seeds:
         for precision in precisions:
