@@ -128,6 +128,13 @@ MUTATION_TESTS = {
         "test_conv_encoder",
         "test_components",
     ],
+    "pyro_skipvae.guides.guide": [
+        "test_behaviour",
+        "test_models",
+        "test_refine",
+        "test_components",
+        "test_collapse_remedies",
+    ],
     "pyro_skipvae.guides.conv": ["test_pixelcnn_architecture", "test_conv_encoder"],
     "pyro_skipvae.guides.lstm": [
         "test_lstm_architecture",
@@ -138,6 +145,8 @@ MUTATION_TESTS = {
     "pyro_skipvae.infer": ["test_objectives", "test_behaviour", "test_fit"],
     "pyro_skipvae.infer.distributed": ["test_distributed_helpers", "test_fit"],
     "pyro_skipvae.infer.compile": ["test_compile"],
+    "pyro_skipvae.infer.aggressive": ["test_collapse_remedies", "test_recorded_settings"],
+    "pyro_skipvae.infer.precision": ["test_precision"],
     "pyro_skipvae.infer.elbos": [
         "test_elbos",
         "test_objectives",

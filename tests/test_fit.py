@@ -4,12 +4,16 @@ import gzip
 import json
 import shutil
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_skipvae import CheckpointError, ConfigError, DataError, NonFiniteLossError, SkipVAE
 from pyro_skipvae.data import load_dataset
+from pyro_skipvae.diagnostics import active_units
+from pyro_skipvae.infer.fit import Validation
 from pyro_skipvae.run import train_log
 
 FIT = {"batch_size": 50, "binarize": "dynamic", "kl_warmup_epochs": 2, "seed": 3}
@@ -52,8 +56,10 @@ def test_fit_writes_a_complete_run_directory(mnist, tiny_options, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:
-        assert {"epoch", "train_elbo", "val_elbo", "val_kl", "seconds", "beta"} <= set(record)
-        assert record["val_elbo"] < 0 and record["val_kl"] >= 0
+        assert {"epoch", "train_elbo", "val_elbo", "val_kl", "val_au", "seconds", "beta"} <= set(
+            record
+        )
+        assert record["val_elbo"] < 0 and record["val_kl"] >= 0 and 0 <= record["val_au"] <= 4
     assert records[1]["val_elbo"] > records[0]["val_elbo"], "two epochs of training must help"
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["latent_dim"] == 4 and config["train"]["binarize"] == "dynamic"
@@ -383,3 +389,18 @@ def test_early_stopping_needs_validation_data(mnist, tiny_options):
         SkipVAE(mnist.data_shape, **tiny_options).fit(
             mnist.train, val=mnist.val, early_stopping_patience=0
         )
+
+
+def test_validation_counts_the_active_units_of_the_whole_set():
+    # Synthetic data with a known answer: q(z | x) = N(x * s, 1), x ~ N(0, I), so
+    # Var_x E[z_d | x] = s_d²: 0.25, 0.04, 0.0025 and 0 against δ = 0.01. At N = 4,000 the
+    # sample variance's relative SE is √(2/N) ≈ 2 %, far from flipping any of them.
+    scales = torch.tensor([0.5, 0.2, 0.05, 0.0])
+    x = torch.randn(4000, 4, generator=torch.Generator().manual_seed(0))
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x * scales, 1.0).to_event(1))
+
+    validation = Validation(None, None, guide, x, batch_size=64)  # chunked: sums over chunks
+    assert validation.active_units() == 2 == active_units(guide, x)

@@ -423,7 +423,11 @@ def posterior_mean_variance(guide, data=None, *, chunk_size=None) -> torch.Tenso
     return means.var(0)
 
 
-def active_units(guide, data=None, threshold=0.01, *, chunk_size=None) -> int:
+#: δ of active units: Burda et al. 2016's 0.01 (the skip-VAE code used 0.02)
+AU_THRESHOLD = 0.01
+
+
+def active_units(guide, data=None, threshold=AU_THRESHOLD, *, chunk_size=None) -> int:
     r"""Number of active latent dimensions (Burda et al. 2016, §5.2).
 
     Dimension d is active when :math:`\mathrm{Var}_x(\mathbb{E}_{q(z|x)}[z_d]) > \delta`, the

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..data import binarize, prepare
 from ..data.text import bucket_batches, length_order, trim_collate
 from ..diagnostics.elbo import evaluate_elbo, evaluation_batch_size
+from ..diagnostics.latent import AU_THRESHOLD, Posteriors
 from ..errors import NonFiniteLossError
 from ..modes import evaluating
 from . import distributed
@@ -273,11 +274,33 @@ class Validation:
     (:func:`~pyro_skipvae.diagnostics.evaluate_elbo`, in ``eval()`` mode); means over the
     ranks of a data-parallel run. For sequences, ``ppl`` = exp(−Σ ELBO / Σ tokens) (and
     ``ppl_amortized``), with the whole validation set's tokens per sequence.
+
+    ``au``: the active units of the encoder's q on the whole validation set,
+    #{d : Var_x E_q[z_d | x] > δ} with δ = :data:`AU_THRESHOLD` (Burda et al. 2016), so
+    collapse can be followed epoch by epoch. It is the amortized q's also in a semi-amortized
+    run (refining again for it would double validation's cost; ``skipvae diagnose`` gives the
+    refined one), and absent in ``svi`` mode, which has no encoder.
     """
 
     def __init__(self, inference, model, guide, data, *, batch_size, tokens=None):
         self.inference, self.model, self.guide = inference, model, guide
         self.data, self.batch_size, self.tokens = data, batch_size, tokens
+
+    @torch.no_grad()
+    def active_units(self) -> int:
+        """Active units over all ranks' validation points: the variance of the posterior
+        means from their sums and sums of squares (in float64), so a data-parallel run counts
+        the same units as one process."""
+        with evaluating(self.model, self.guide):
+            means = Posteriors(self.guide, self.data, chunk_size=self.batch_size).means()
+        means = means.double()
+        dim = means.shape[1]
+        *sums, n = distributed.sum_across_ranks(
+            *means.sum(0).tolist(), *means.square().sum(0).tolist(), means.shape[0]
+        )
+        first, second = torch.tensor(sums[:dim]), torch.tensor(sums[dim:])
+        variance = (second - first.square() / n) / (n - 1)
+        return int((variance > AU_THRESHOLD).sum())
 
     def __call__(self) -> dict:
         if hasattr(self.inference, "evaluate_metrics"):
@@ -294,6 +317,8 @@ class Validation:
             for key in ("", "_amortized"):
                 if f"elbo{key}" in result:
                     result[f"ppl{key}"] = math.exp(-result[f"elbo{key}"] / tokens_per_point)
+        if getattr(self.inference, "mode", None) != "svi":
+            result["au"] = self.active_units()
         return result
 
 

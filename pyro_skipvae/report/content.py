@@ -15,6 +15,7 @@ HISTORY_COLUMNS = [
     ("train_elbo", "training bound"),
     ("val_elbo", "validation ELBO"),
     ("val_kl", "validation KL"),
+    ("val_au", "validation active units (encoder's q)"),
     ("val_ppl", "validation perplexity bound"),
     ("val_elbo_amortized", "validation ELBO, amortized q"),
     ("val_kl_amortized", "validation KL, amortized q"),
