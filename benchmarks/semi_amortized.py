@@ -15,6 +15,12 @@ terms), and end-to-end's memory grows with K (the graph of all K steps is kept).
 
     python benchmarks/semi_amortized.py [--num-refine-steps 20] [--repeats 3] [--steps 3]
 
+``--dataset ptb`` times the text study's model instead (issue 33: the cost of training the SA
+pair from scratch): LSTM encoder and decoder of 256/256, latent 64, skip on, batches of 32
+training sentences of similar length (the fit's bucketing, one seeded epoch order), the
+mean-field ELBO; one epoch is 1,315 such steps. The optimizer is ClippedAdam in both cases
+(the study's SGD costs the same per step: the passes dominate).
+
 Writes a Markdown table to ``benchmarks/results/semi_amortized.md`` (``--out``) and prints it.
 """
 
@@ -43,36 +49,55 @@ def run_one(args):
     import pyro
     import pyro.optim
     import torch
-    from pyro.infer import Trace_ELBO
+    from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
     from pyro_skipvae import SkipVAE
     from pyro_skipvae.data import binarize, load_dataset
+    from pyro_skipvae.data.text import bucket_batches, trim_collate
     from pyro_skipvae.infer import SemiAmortizedSVI
     from pyro_skipvae.infer.svi import SVI
 
-    splits = load_dataset("mnist")
-    size = splits.train.shape[0]
     device = torch.device(args.device)
-    data = binarize(
-        splits.train[: args.batch_size * (args.steps + 2)],
-        "dynamic",
-        torch.Generator().manual_seed(0),
-    )
-    batches = [
-        data[i * args.batch_size : (i + 1) * args.batch_size].to(device)
-        for i in range(args.steps + 2)
-    ]
-    vae = SkipVAE(splits.data_shape, seed=0, device=args.device)
+    splits = load_dataset(args.dataset)
+    size = splits.train.shape[0]
+    if args.dataset == "ptb":
+        options = splits.vocabulary.model_options()
+        widths = {"embedding_dim": 256, "hidden_dim": 256}
+        vae = SkipVAE(
+            splits.data_shape,
+            latent_dim=64,
+            seed=0,
+            device=args.device,
+            **{**options, "encoder_options": {**options["encoder_options"], **widths}},
+            decoder_options=widths,
+        )
+        lengths = vae.model.likelihood.num_tokens(splits.train)
+        order = bucket_batches(lengths, args.batch_size)(torch.Generator().manual_seed(0))
+        collate = trim_collate(lengths)
+        batches = [collate(splits.train, i).to(device) for i in order[: args.steps + 2]]
+        elbo = TraceMeanField_ELBO()
+    else:
+        data = binarize(
+            splits.train[: args.batch_size * (args.steps + 2)],
+            "dynamic",
+            torch.Generator().manual_seed(0),
+        )
+        batches = [
+            data[i * args.batch_size : (i + 1) * args.batch_size].to(device)
+            for i in range(args.steps + 2)
+        ]
+        vae = SkipVAE(splits.data_shape, seed=0, device=args.device)
+        elbo = Trace_ELBO()
     optim = pyro.optim.ClippedAdam({"lr": 1e-3, "clip_norm": math.inf})
     if args.method == "svi":
-        inference = SVI(vae.model, vae.guide, optim, Trace_ELBO())
+        inference = SVI(vae.model, vae.guide, optim, elbo)
     else:
         mode = "svi" if args.method == "svi-mode" else args.method
         inference = SemiAmortizedSVI(
             vae.model,
             vae.guide,
             optim,
-            Trace_ELBO(),
+            elbo,
             mode=mode,
             num_refine_steps=args.num_refine_steps,
         )
@@ -124,7 +149,8 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--num-refine-steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--dataset", choices=["mnist", "ptb"], default="mnist")
+    parser.add_argument("--batch-size", type=int, help="[default: mnist 50, ptb 32]")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed block")
     parser.add_argument("--device", default="cpu")
@@ -134,10 +160,12 @@ def main():
     )
     parser.add_argument("--method", help=argparse.SUPPRESS)  # internal: run one row in this process
     args = parser.parse_args()
+    if args.batch_size is None:
+        args.batch_size = 32 if args.dataset == "ptb" else 50
     if args.method:
         return run_one(args)
 
-    rows = []
+    rows, load = [], os.getloadavg()[0]
     for method in args.methods.split(","):
         command = [sys.executable, __file__, "--method", method] + [
             f"--{k.replace('_', '-')}={v}"
@@ -156,15 +184,22 @@ def main():
     lines = [
         "# Semi-amortized inference: cost of one training step",
         "",
-        f"MNIST MLP skip-VAE (hidden 1024,1024, z 32), batch {args.batch_size}, Trace_ELBO, ClippedAdam, "
+        (
+            "PTB LSTM skip-VAE (256/256, z 64), mean-field ELBO"
+            if args.dataset == "ptb"
+            else "MNIST MLP skip-VAE (hidden 1024,1024, z 32), Trace_ELBO"
+        )
+        + f", batch {args.batch_size}, ClippedAdam, "
         f"K = {args.num_refine_steps} refinement steps, device {args.device}; median of {args.repeats} blocks "
         f"of {args.steps} steps after 2 warm-up steps; each row in its own process.",
         "",
         f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
         f"torch {rows[0]['threads']} threads, torch {rows[0]['torch']}, pyro {rows[0]['pyro']}, "
-        f"python {platform.python_version()}. Commit: `{commit}` (plus the working tree).",
+        f"python {platform.python_version()}. Commit: `{commit}` (plus the working tree). "
+        f"Load average before the first row: {load:.2f}, after the last: {os.getloadavg()[0]:.2f}.",
         "",
-        f"Command: `python benchmarks/semi_amortized.py --num-refine-steps {args.num_refine_steps} "
+        f"Command: `python benchmarks/semi_amortized.py --dataset {args.dataset} "
+        f"--num-refine-steps {args.num_refine_steps} "
         f"--batch-size {args.batch_size} --repeats {args.repeats} --steps {args.steps} --device {args.device}`",
         "",
         "| method | ms/step (median) | min–max | × amortized SVI | peak memory growth (MiB) |",
