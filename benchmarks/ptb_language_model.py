@@ -12,7 +12,9 @@ counted exactly as the VAEs' are. Training is the authors' text recipe (sa-vae
 dropout 0.5 on embeddings and LSTM output, uniform(±0.1) init, halve the rate every epoch
 once validation stops improving after epoch ``--decay-after`` (15), stop when the rate falls
 below ``--min-learning-rate`` (sa-vae: 0.03) or at ``--num-epochs`` (30); the best epoch on
-validation is kept and scored on the test split.
+validation is kept and scored on the test split. ``--lr-decay plateau-restore`` uses He et
+al.'s rule instead (halve and restore the best weights after two stalled epochs; see
+:mod:`pyro_skipvae.infer.optim`), with ``--num-epochs`` raised to let it run its course.
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/ptb_language_model.py --out ../runs/ptb-lm
 
@@ -82,6 +84,14 @@ def main():
     parser.add_argument("--num-epochs", type=int, default=30)
     parser.add_argument("--decay-after", type=int, default=15)
     parser.add_argument("--min-learning-rate", type=float, default=0.03)
+    parser.add_argument(
+        "--lr-decay",
+        default="plateau",
+        choices=["plateau", "plateau-restore"],
+        help="plateau: sa-vae's rule (halve every epoch once stalled); plateau-restore: He et "
+        "al.'s (halve and restore the best weights after --lr-decay-patience stalled epochs)",
+    )
+    parser.add_argument("--lr-decay-patience", type=int, default=2)
     parser.add_argument("--train-size", type=int, default=None)
     parser.add_argument("--val-size", type=int, default=None)
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
@@ -96,8 +106,9 @@ def main():
         name="sgd",
         learning_rate=1.0,
         clip_norm=5.0,
-        lr_decay="plateau",
+        lr_decay=args.lr_decay,
         lr_decay_min_epochs=args.decay_after,
+        lr_decay_patience=args.lr_decay_patience,
         min_learning_rate=args.min_learning_rate,
     )
     generator = torch.Generator().manual_seed(args.seed)
@@ -138,6 +149,8 @@ def main():
             # a copy: state_dict() shares storage with the weights the next steps change
             weights = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
             best = {"val_nll": val["nll"], "epoch": epoch, "decoder": weights}
+        if optimizer.restore_best:  # plateau-restore: go on from the best epoch's weights
+            decoder.load_state_dict(best["decoder"])
         history.append(record)
         checkpoint.atomic_save(
             {

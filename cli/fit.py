@@ -65,6 +65,7 @@ TRAIN_FIELDS = (
     "clip_norm",
     "lr_decay",
     "lr_decay_min_epochs",
+    "lr_decay_patience",
     "min_learning_rate",
     "early_stopping_patience",
     "kl_warmup_epochs",
@@ -243,7 +244,9 @@ def _without_option(arguments, name):
     "--lr-decay",
     type=click.Choice(LR_DECAYS),
     default="none",
-    help="plateau: halve the learning rate once validation stalls (the authors' text recipe).",
+    help="plateau: halve the learning rate every epoch once validation stalls (the SA-VAE "
+    "text recipe); plateau-restore: halve it and restore the best weights each time "
+    "validation stalls for --lr-decay-patience epochs (He et al. 2019's text recipe).",
 )
 @click.option(
     "--lr-decay-min-epochs",
@@ -252,10 +255,18 @@ def _without_option(arguments, name):
     help="No decay before this epoch.",
 )
 @click.option(
+    "--lr-decay-patience",
+    type=click.IntRange(min=1),
+    default=2,
+    help="With --lr-decay plateau-restore: epochs without a better validation bound before "
+    "each halving.",
+)
+@click.option(
     "--min-learning-rate",
     type=click.FloatRange(min=0),
     default=0.0,
-    help="With --lr-decay plateau: stop once the learning rate falls below this.",
+    help="With --lr-decay plateau or plateau-restore: stop once the learning rate falls "
+    "below this.",
 )
 @click.option(
     "--early-stopping-patience",

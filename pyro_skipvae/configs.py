@@ -85,9 +85,14 @@ class TrainConfig:
     :param float learning_rate: 1e-3 by default (the authors' images; text: SGD with 1).
     :param float clip_norm: clip the global norm of the per-datapoint gradient at this value
         (:func:`torch.nn.utils.clip_grad_norm_`; the authors use 5; default None: no clip).
-    :param str lr_decay: ``"none"`` (default) or ``"plateau"``: halve the learning rate when
-        the validation bound stalls, as the authors' text script does.
+    :param str lr_decay: ``"none"`` (default), ``"plateau"``: halve the learning rate every
+        epoch once the validation bound stalls, as the SA-VAE text script does, or
+        ``"plateau-restore"``: halve it and restore the best weights each time the bound
+        stalls for ``lr_decay_patience`` epochs, as He et al.'s text script does (see
+        :mod:`pyro_skipvae.infer.optim`).
     :param int lr_decay_min_epochs: a stall before this epoch does not start the decay (15).
+    :param int lr_decay_patience: ``"plateau-restore"``'s epochs without a better bound before
+        each halving (default 2).
     :param float min_learning_rate: stop once the decayed rate is below this (default 0).
     :param int early_stopping_patience: stop once this many epochs in a row have not improved
         the validation bound (the selection metric, see :mod:`pyro_skipvae.run`), never
@@ -127,6 +132,7 @@ class TrainConfig:
     clip_norm: float | None = None
     lr_decay: str = "none"
     lr_decay_min_epochs: int = 15
+    lr_decay_patience: int = 2
     min_learning_rate: float = 0.0
     early_stopping_patience: int | None = None
     kl_warmup_epochs: float = 10.0
@@ -156,7 +162,15 @@ class TrainConfig:
             check_positive(clip_norm=self.clip_norm)
         if self.early_stopping_patience is not None:
             check_positive(early_stopping_patience=self.early_stopping_patience)
-        if self.lr_decay == "plateau" and self.min_learning_rate > self.learning_rate:
+        check_positive(lr_decay_patience=self.lr_decay_patience)
+        if self.lr_decay == "plateau-restore" and self.early_stopping_patience is not None:
+            raise ConfigError(
+                "lr_decay 'plateau-restore' ends training itself (its rate falls below "
+                "min_learning_rate after repeated stalls) and restores the best weights at each "
+                "stall, so early stopping would cut its halvings short; found "
+                f"early_stopping_patience={self.early_stopping_patience}: drop one of the two"
+            )
+        if self.lr_decay != "none" and self.min_learning_rate > self.learning_rate:
             raise ConfigError(
                 f"min_learning_rate must not exceed learning_rate (training stops once the rate "
                 f"is below the minimum, so it would stop before its first step); found "

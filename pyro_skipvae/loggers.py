@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .diagnostics.latent import active_units, kl_per_dimension
+from .diagnostics.latent import kl_per_dimension
 from .errors import ConfigError, DataError, MissingDependencyError
 from .infer import distributed
 from .infer.optim import Optimizer
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tensorboard"
 #: keys of an epoch record that are bookkeeping, not curves
 _NOT_CURVES = {"epoch", "selected"}
+#: record keys whose tag is not the rule's val/<key> or epoch/<key>
+_TAGS = {"val_au": "val/active_units"}
 
 LOGGERS = Registry("logger")
 
@@ -65,24 +67,25 @@ class TensorBoardLogger:
                                              ``val/elbo_amortized``,
                                              ``val/kl_amortized``,
                                              ``val/amortization_gap``; text: ``val/ppl``
-    ``val/active_units``      each epoch     active units of the amortized q on the
-                                             validation set (threshold 0.01)
+    ``val/active_units``      each epoch     the record's ``val_au``: active units of
+                                             the amortized q on the validation set
+                                             (threshold 0.01)
     ``val/kl_per_dim``        each epoch     a histogram over the latent dimensions of
                                              the mean KL(q(z_d|x) ‖ p(z_d))
     ``config``                once, step 0   ``config.json`` as text
     ========================  =============  ==========================================
 
-    The two latent tags need validation data and a guide and prior that factorise over the
-    dimensions (diagonal Gaussians); they cost one encoder pass over the validation set per
-    epoch and are left out otherwise. In a data-parallel run they cover rank 0's share of the
+    The KL histogram needs validation data and a guide and prior that factorise over the
+    dimensions (diagonal Gaussians); it costs one encoder pass over the validation set per
+    epoch and is left out otherwise. In a data-parallel run it covers rank 0's share of the
     validation set.
 
     :param log_dir: the folder of the event files; default ``<run folder>/tensorboard``
         (then ``tensorboard --logdir runs`` shows every run under ``runs/``).
     :param int log_every_n_steps: the per-step tags every this many steps (default 50).
-    :param latent_data: the data of the two latent tags (``SkipVAE.fit`` passes the
-        validation set); None leaves them out.
-    :param int chunk_size: datapoints per encoder call for the latent tags (default: all).
+    :param latent_data: the data of the KL histogram (``SkipVAE.fit`` passes the
+        validation set); None leaves it out.
+    :param int chunk_size: datapoints per encoder call for the KL histogram (default: all).
     :raises MissingDependencyError: TensorBoard is not installed.
     :raises ConfigError: ``log_every_n_steps`` < 1.
 
@@ -138,7 +141,7 @@ class TensorBoardLogger:
             if key in _NOT_CURVES or isinstance(value, bool) or not _is_scalar(value):
                 continue
             tag = f"val/{key[4:]}" if key.startswith("val_") else f"epoch/{key}"
-            self.writer.add_scalar(tag, float(value), step)
+            self.writer.add_scalar(_TAGS.get(key, tag), float(value), step)
         if self.latent_data is not None:
             self._log_latent(step)
         self.writer.flush()
@@ -151,15 +154,13 @@ class TensorBoardLogger:
         rng = checkpoint.get_rng_state()
         try:
             with evaluating(model, guide):
-                units = active_units(guide, data, chunk_size=self.chunk_size)
                 kl = kl_per_dimension(model, guide, data, chunk_size=self.chunk_size).mean(0)
         except (ConfigError, DataError, NotImplementedError) as e:
-            logger.info("tensorboard: no latent tags (%s)", e)
+            logger.info("tensorboard: no KL histogram (%s)", e)
             self.latent_data = None
             return
         finally:
             checkpoint.set_rng_state(rng)
-        self.writer.add_scalar("val/active_units", units, step)
         self.writer.add_histogram("val/kl_per_dim", kl.double().cpu(), step)
 
     def close(self) -> None:
@@ -216,7 +217,7 @@ class Loggers:
 def build_loggers(loggers, log_every_n_steps=50, data=None) -> Loggers:
     """The :class:`Loggers` of ``loggers`` (names in :data:`LOGGERS` or logger objects) for
     a fit's ``data`` (:class:`~.infer.fit.FitData`: its steps per epoch, and the validation
-    set of the latent tags); empty on the ranks other than 0 of a data-parallel run.
+    set of the KL histogram); empty on the ranks other than 0 of a data-parallel run.
 
     :raises ConfigError: an unknown name (the valid ones are listed), or
         ``log_every_n_steps`` < 1.

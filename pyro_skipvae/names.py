@@ -43,3 +43,39 @@ def _forget(prefix: str) -> None:
         n for n in store.keys() if n == prefix or n.startswith((prefix + ".", prefix + "$"))
     ]:
         del store[name]
+
+
+# Pyro's optimizers key their states by parameter names, which carry the module's
+# process-unique suffix; checkpoints store the canonical names.
+def optimizer_state(optimizer) -> dict:
+    """``optimizer.get_state()``, a Pyro optimizer's keyed by :func:`canonical_name`."""
+    state = optimizer.get_state()
+    if _is_pyro_optim(optimizer):
+        state = {canonical_name(name): value for name, value in state.items()}
+    return state
+
+
+def set_optimizer_state(optimizer, state, *modules) -> None:
+    """The inverse of :func:`optimizer_state`: canonical names mapped back to those that
+    ``modules`` (the model and guide) carry in this process."""
+    if _is_pyro_optim(optimizer):
+        prefixes = {
+            canonical_name(m._pyro_name): m._pyro_name
+            for m in modules
+            if getattr(m, "_pyro_name", "")
+        }
+
+        def actual(name):
+            for base, prefix in prefixes.items():
+                if name == base or name.startswith((base + ".", base + "$")):
+                    return prefix + name[len(base) :]
+            return name
+
+        state = {actual(name): value for name, value in state.items()}
+    optimizer.set_state(state)
+
+
+def _is_pyro_optim(optimizer) -> bool:
+    import pyro.optim
+
+    return isinstance(optimizer, pyro.optim.PyroOptim)

@@ -37,7 +37,7 @@ from .configs import recorded_config
 from .errors import CheckpointError, ConfigError
 from .infer import distributed
 from .infer.optim import Optimizer
-from .names import canonical_name
+from .names import optimizer_state, set_optimizer_state
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ class Run:
         self.best_epoch = None
         self.loggers = loggers
         self.inference = inference if hasattr(inference, "get_state") else None
+        self.best_weights = None  # a copy of best.pt's weights, kept for lr_decay plateau-restore
 
     # ------------------------------------------------------------------ start
     def start(self, *, resume: bool, init_from=None) -> None:
@@ -273,12 +274,15 @@ class Run:
             )
         # config.json, checked before, vouches for the refine_kl an older checkpoint lacks
         refine_kl = self.config.get("train", {}).get("inference_options", {}).get("refine_kl")
-        if config_differences(recorded_config(state["config"], path, refine_kl), self.config):
+        # the checkpoint's copy of config.json: an older one lacks settings added since, read
+        # at their defaults as config.json's were
+        saved = recorded_config(state["config"], path, refine_kl)
+        if config_differences(saved, self.config, self.defaults):
             raise CheckpointError(
                 f"{path} was written for a different configuration than {CONFIG_FILE}"
             )
         load_weights(self.model, self.guide, state, path)
-        _set_optimizer_state(self.optimizer, state["optimizer"], self.model, self.guide)
+        set_optimizer_state(self.optimizer, state["optimizer"], self.model, self.guide)
         rng = state["rng"]
         if isinstance(rng, list):  # one state per rank (data-parallel run)
             if len(rng) != distributed.world_size():
@@ -291,6 +295,8 @@ class Run:
         self.generator.set_state(state["generator"])
         self.history = list(state["history"])
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        if self._restores_best() and self.best_epoch is not None:
+            self.best_weights = read_weights(self.path)[1]
         if self.inference is not None:  # e.g. AggressiveSVI's phase
             inference_state = state.get("inference")
             if inference_state is None:  # e.g. written before the inference's state was saved
@@ -316,6 +322,14 @@ class Run:
         if isinstance(self.optimizer, Optimizer):
             record["learning_rate"] = self.optimizer.learning_rate
             stop = self.optimizer.end_epoch(record["epoch"], improved)
+            if self.optimizer.restore_best:
+                load_weights(self.model, self.guide, self.best_weights, "the best weights")
+                logger.info(
+                    "epoch %d: learning rate halved to %g, weights of epoch %d restored",
+                    record["epoch"],
+                    self.optimizer.learning_rate,
+                    self.best_epoch,
+                )
         self.save(improved=improved)
         if self.loggers is not None:
             self.loggers.log_epoch(record)
@@ -329,8 +343,18 @@ class Run:
         if improved:
             self.best_score = -math.inf if score is None else score
             self.best_epoch = record["epoch"]
+            if self._restores_best():
+                self.best_weights = {
+                    name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+                    for name, module in (("model", self.model), ("guide", self.guide))
+                }
         record["selected"] = self.best_epoch
         return improved
+
+    def _restores_best(self) -> bool:
+        return (
+            isinstance(self.optimizer, Optimizer) and self.optimizer.lr_decay == "plateau-restore"
+        )
 
     def stalled(self, patience: int | None, *, not_before: float = 0) -> bool:
         """Whether the last ``patience`` epochs all failed to improve on the selected one
@@ -357,7 +381,7 @@ class Run:
             checkpoint.atomic_save(weights, self.path / BEST_FILE)
         state = dict(
             weights,
-            optimizer=_optimizer_state(self.optimizer),
+            optimizer=optimizer_state(self.optimizer),
             rng=rng,
             generator=self.generator.get_state(),
             history=self.history,
@@ -452,39 +476,6 @@ def load_weights(model, guide, state, path="checkpoint") -> None:
         guide.load_state_dict(state["guide"])
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path} does not fit this model ({e})") from None
-
-
-# Pyro's optimizers key their states by parameter names, which carry the module's
-# process-unique suffix (pyro_skipvae.names); checkpoints store the canonical names.
-def _optimizer_state(optimizer):
-    state = optimizer.get_state()
-    if _is_pyro_optim(optimizer):
-        state = {canonical_name(name): value for name, value in state.items()}
-    return state
-
-
-def _set_optimizer_state(optimizer, state, model, guide):
-    if _is_pyro_optim(optimizer):
-        prefixes = {
-            canonical_name(m._pyro_name): m._pyro_name
-            for m in (model, guide)
-            if getattr(m, "_pyro_name", "")
-        }
-
-        def actual(name):
-            for base, prefix in prefixes.items():
-                if name == base or name.startswith((base + ".", base + "$")):
-                    return prefix + name[len(base) :]
-            return name
-
-        state = {actual(name): value for name, value in state.items()}
-    optimizer.set_state(state)
-
-
-def _is_pyro_optim(optimizer) -> bool:
-    import pyro.optim
-
-    return isinstance(optimizer, pyro.optim.PyroOptim)
 
 
 __all__ = [

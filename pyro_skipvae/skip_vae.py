@@ -349,6 +349,7 @@ class SkipVAE:
             clip_norm=cfg.clip_norm,
             lr_decay=cfg.lr_decay,
             lr_decay_min_epochs=cfg.lr_decay_min_epochs,
+            lr_decay_patience=cfg.lr_decay_patience,
             min_learning_rate=cfg.min_learning_rate,
         )
 

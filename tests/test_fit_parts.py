@@ -53,6 +53,13 @@ def test_end_epoch_without_patience_never_stops():
     assert not run.finished()
 
 
+@pytest.fixture
+def seven_active_units(monkeypatch):
+    """Validation's active-unit count stubbed to 7: these tests check the other metrics and
+    that the count is reported (test_fit.py checks the count itself)."""
+    monkeypatch.setattr(Validation, "active_units", lambda self: 7)
+
+
 def stub_inference(metrics):
     """An inference object whose own validation returns fixed numbers (known answers)."""
 
@@ -63,14 +70,14 @@ def stub_inference(metrics):
     return Stub()
 
 
-def test_validation_uses_the_inference_and_adds_perplexities_per_token():
+def test_validation_uses_the_inference_and_adds_perplexities_per_token(seven_active_units):
     data = torch.zeros(2, 7, dtype=torch.long)
     tokens = torch.tensor([3, 5])  # 4 tokens per sequence on average
     inference = stub_inference({"elbo": -20.0, "elbo_amortized": -30.0})
     result = Validation(inference, None, None, data, batch_size=10, tokens=tokens)()
     assert result["points"] == 2 and result["batch_size"] == 10
     assert result["ppl"] == pytest.approx(math.exp(20.0 / 4))
-    assert result["ppl_amortized"] == pytest.approx(math.exp(30.0 / 4))
+    assert result["ppl_amortized"] == pytest.approx(math.exp(30.0 / 4)) and result["au"] == 7
     without_tokens = Validation(inference, None, None, data, batch_size=10)()
     assert "ppl" not in without_tokens and without_tokens["elbo"] == -20.0
 
@@ -125,7 +132,9 @@ class ModeRecorder(torch.nn.Module):
         self.seen.append((self.training, self.dropout.training))
 
 
-def test_validation_of_an_amortized_fit_scores_the_elbo_and_kl_in_eval_mode(monkeypatch):
+def test_validation_of_an_amortized_fit_scores_the_elbo_and_kl_in_eval_mode(
+    monkeypatch, seven_active_units
+):
     """Without the inference's own evaluate_metrics: evaluate_elbo on the validation data at
     the evaluation batch size, model and guide in eval() mode meanwhile (restored after),
     reporting exactly elbo and kl."""
@@ -141,7 +150,7 @@ def test_validation_of_an_amortized_fit_scores_the_elbo_and_kl_in_eval_mode(monk
 
     monkeypatch.setattr(fit, "evaluate_elbo", fake_evaluate_elbo)
     result = Validation(object(), model, guide, data, batch_size=4)()
-    assert result == {"elbo": -12.5, "kl": 3.25}
+    assert result == {"elbo": -12.5, "kl": 3.25, "au": 7}
     assert len(calls) == 1
     m, g, x, batch_size = calls[0]
     assert m is model and g is guide and x is data and batch_size == 4
@@ -157,7 +166,7 @@ def padded(rows, width):
     return out
 
 
-def test_prepare_data_for_sequences_batches_by_length_and_trims_the_padding():
+def test_prepare_data_for_sequences_batches_by_length_and_trims_the_padding(seven_active_units):
     likelihood = LIKELIHOODS.build("categorical", (9,), num_categories=20, pad_index=0)
     lengths = [2, 9, 3, 8, 2, 9, 3, 8]
     train, val = padded(lengths, 9), padded([5, 2, 7], 9)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pyro_skipvae import ConfigError, SkipVAE
+from pyro_skipvae.configs import TrainConfig
 from pyro_skipvae.infer import Optimizer
 from pyro_skipvae.run import Run
 
@@ -101,6 +102,70 @@ def test_plateau_halving_follows_the_authors_text_script():
     assert restored.decaying and restored.learning_rate == 0.125
 
 
+def test_plateau_restore_follows_he_et_al_text_script():
+    """He et al. (2019, text.py): past lr_decay_min_epochs, each run of `patience` epochs
+    without a better bound halves the rate, asks for the best weights back and resets the
+    optimizer's state; the count then starts again. Stops below min_learning_rate."""
+    (p,) = params_with_grads(torch.ones(1))
+    opt = Optimizer(
+        [p],
+        name="adam",
+        learning_rate=1.0,
+        lr_decay="plateau-restore",
+        lr_decay_min_epochs=3,
+        lr_decay_patience=2,
+        min_learning_rate=0.2,
+    )
+    opt.step(size=1)
+    assert opt.optimizer.state  # Adam's moments exist
+    improved = [True, False, False, False, True, False, False, False, False]
+    rates, restores, stops = [], [], []
+    for epoch, better in enumerate(improved, start=1):
+        stops.append(opt.end_epoch(epoch, better))
+        rates.append(opt.learning_rate)
+        restores.append(opt.restore_best)
+        if epoch == 4:  # the first halving: a fresh optimizer, as He et al. build one
+            assert not opt.optimizer.state
+    # epochs 2-3 stall but epoch 3 is not past min_epochs; epoch 4 is the third stall in a row
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125]
+    assert restores == [False, False, False, True, False, False, True, False, True]
+    assert stops == [False] * 8 + [True] and opt.exhausted
+    # the stall count survives a checkpoint
+    opt.end_epoch(10, False)
+    restored = Optimizer(
+        [p], name="adam", lr_decay="plateau-restore", lr_decay_min_epochs=3, min_learning_rate=0.01
+    )
+    restored.set_state(opt.get_state())
+    assert restored.stalled_epochs == 1 and restored.learning_rate == 0.125
+    assert not restored.end_epoch(11, False) and restored.restore_best
+    assert restored.learning_rate == 0.0625
+
+
+def test_plateau_restore_puts_the_best_weights_back():
+    model, guide = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    opt = Optimizer(
+        list(model.parameters()) + list(guide.parameters()),
+        name="sgd",
+        learning_rate=1.0,
+        lr_decay="plateau-restore",
+        lr_decay_min_epochs=0,
+        lr_decay_patience=1,
+    )
+    run = Run(None, {}, model=model, guide=guide, optimizer=opt, generator=None)
+    run.end_epoch({"epoch": 1, "val_elbo": -10.0})
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)  # an epoch of training that made things worse
+    run.end_epoch({"epoch": 2, "val_elbo": -11.0})
+    assert opt.learning_rate == 0.5
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+
+
+def test_plateau_restore_and_early_stopping_are_exclusive():
+    with pytest.raises(ConfigError, match="plateau-restore.*early_stopping_patience=3"):
+        TrainConfig(lr_decay="plateau-restore", early_stopping_patience=3)
+
+
 def test_bad_options():
     (p,) = params_with_grads(torch.zeros(1))
     with pytest.raises(
@@ -133,13 +198,15 @@ def test_selection_is_on_the_validation_bound_else_the_last_epoch():
     assert run.history[-1]["selected"] == 3
 
 
-def test_sgd_recipe_with_decay_trains_and_resumes_exactly(mnist, tiny_options, tmp_path):
+@pytest.mark.parametrize("lr_decay", ["plateau", "plateau-restore"])
+def test_sgd_recipe_with_decay_trains_and_resumes_exactly(mnist, tiny_options, tmp_path, lr_decay):
     options = dict(
         optimizer="sgd",
         learning_rate=1.0,
         clip_norm=5.0,
-        lr_decay="plateau",
+        lr_decay=lr_decay,
         lr_decay_min_epochs=0,
+        lr_decay_patience=1,
         batch_size=32,
         binarize="dynamic",
         kl_warmup_epochs=1,
@@ -155,6 +222,10 @@ def test_sgd_recipe_with_decay_trains_and_resumes_exactly(mnist, tiny_options, t
     assert all(math.isfinite(r["val_elbo"]) for r in full)
     assert full[-1]["val_elbo"] > full[0]["val_elbo"]
     assert full[0]["learning_rate"] == 1.0
+    # epoch 3 stalls: the halving (with plateau-restore, epoch 2's weights put back, read
+    # from best.pt by the resumed run) falls after the resume below, so resuming covers it
+    assert [r["learning_rate"] for r in full] == [1.0, 1.0, 1.0, 0.5]
+    assert full[2]["val_elbo"] < full[1]["val_elbo"]
     run(tmp_path / "split", 2)
     resumed = run(tmp_path / "split", 4, resume=True)
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731

@@ -450,7 +450,8 @@ def test_without_plateau_decay_the_rate_stays_and_nothing_is_exhausted():
 def test_optimizer_option_errors_name_the_value():
     p = param(0.0)
     with pytest.raises(
-        ConfigError, match=r"^unknown lr_decay 'cosine'; expected one of: none, plateau$"
+        ConfigError,
+        match=r"^unknown lr_decay 'cosine'; expected one of: none, plateau, plateau-restore$",
     ):
         Optimizer([p], lr_decay="cosine")
     for bad in (0.0, -1.0):
@@ -548,7 +549,7 @@ def test_state_round_trip_keeps_the_adam_moments_and_the_decay_flag():
     opt.step(size=1)
     opt.end_epoch(1, improved=False)
     state = copy.deepcopy(opt.get_state())  # as saved in a checkpoint
-    assert set(state) == {"optimizer", "decaying"} and state["decaying"] is True
+    assert set(state) == {"optimizer", "decaying", "stalled_epochs"} and state["decaying"] is True
     restored = Optimizer([q], learning_rate=0.1, lr_decay="plateau", lr_decay_min_epochs=0)
     q.data.copy_(p.data)
     restored.set_state(state)

@@ -28,6 +28,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from .. import checkpoint
 from ..data import binarize, prepare
 from ..data.text import bucket_batches, length_order, trim_collate
 from ..diagnostics.elbo import evaluate_elbo, evaluation_batch_size
@@ -290,9 +291,15 @@ class Validation:
     def active_units(self) -> int:
         """Active units over all ranks' validation points: the variance of the posterior
         means from their sums and sums of squares (in float64), so a data-parallel run counts
-        the same units as one process."""
-        with evaluating(self.model, self.guide):
-            means = Posteriors(self.guide, self.data, chunk_size=self.batch_size).means()
+        the same units as one process. Tracing the guide draws z, so the global random state
+        is put back afterwards: the count changes no draw of training (a run resumed from a
+        checkpoint written before it existed continues exactly)."""
+        rng = checkpoint.get_rng_state()
+        try:
+            with evaluating(self.model, self.guide):
+                means = Posteriors(self.guide, self.data, chunk_size=self.batch_size).means()
+        finally:
+            checkpoint.set_rng_state(rng)
         means = means.double()
         dim = means.shape[1]
         *sums, n = distributed.sum_across_ranks(

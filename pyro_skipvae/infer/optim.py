@@ -13,10 +13,21 @@ are not.
 its ``grad_scale``, the hook torch's AMP uses to unscale gradients; with clipping it is folded
 into the clip's multiplication. ``benchmarks/overhead.py`` measures what this buys.
 
-The learning rate may be halved on a validation plateau as in the authors' text script: once
-the validation bound fails to improve after ``lr_decay_min_epochs`` epochs, the rate is halved
-at the end of that epoch *and every epoch after* (their ``args.decay`` flag stays set), and
-training stops once it falls below ``min_learning_rate``.
+The learning rate may be halved on a validation plateau, by one of two published rules:
+
+* ``"plateau"``, the SA-VAE / Skip-VAE text scripts' (Kim et al. 2018, ``train_text.py``): once
+  the validation bound fails to improve after ``lr_decay_min_epochs`` epochs, the rate is
+  halved at the end of that epoch *and every epoch after* (their ``args.decay`` flag stays
+  set). One noisy epoch thus starts a fixed countdown: from 1 to below 0.03 in six epochs.
+* ``"plateau-restore"``, the lagging-encoder text script's (He et al. 2019, ``text.py``):
+  after ``lr_decay_min_epochs`` epochs, each time the bound has failed to improve on the best
+  so far for ``lr_decay_patience`` (2) epochs in a row, the rate is halved, the best weights
+  are restored and the optimizer's state is reset (their code reloads the saved model and
+  builds a new optimizer); then the count starts again. Every rate is used until it stops
+  paying, so training lasts as long as it improves.
+
+Either way training stops once the rate falls below ``min_learning_rate`` (He et al. stop
+after five halvings from 1, i.e. a minimum of 0.035; Kim et al. below 0.03).
 """
 
 import inspect
@@ -29,7 +40,7 @@ from ..registry import Registry
 OPTIMIZERS = Registry("optimizer")
 OPTIMIZERS.register("adam", torch.optim.Adam)
 OPTIMIZERS.register("sgd", torch.optim.SGD)
-LR_DECAYS = ("none", "plateau")
+LR_DECAYS = ("none", "plateau", "plateau-restore")
 
 
 class Optimizer:
@@ -41,11 +52,14 @@ class Optimizer:
     :param float learning_rate: initial learning rate (default 1e-3).
     :param float clip_norm: clip the global 2-norm of the per-datapoint gradient at this
         value (:func:`torch.nn.utils.clip_grad_norm_`; default None: no clipping).
-    :param str lr_decay: ``"none"`` (default) or ``"plateau"`` (see the module docstring).
+    :param str lr_decay: ``"none"`` (default), ``"plateau"`` or ``"plateau-restore"`` (see
+        the module docstring).
     :param int lr_decay_min_epochs: epochs before a stall may start the decay (default 15,
         the authors' ``min_epochs``).
-    :param float min_learning_rate: with ``"plateau"``, stop once the rate falls below this
-        (default 0: never; the authors' text script stops below 0.02 from 1).
+    :param int lr_decay_patience: with ``"plateau-restore"``, epochs in a row without a better
+        validation bound before each halving (default 2, He et al.'s ``decay_epoch``).
+    :param float min_learning_rate: with either plateau rule, stop once the rate falls below
+        this (default 0: never; the authors' text script stops below 0.03 from 1).
     :param bool fused: use the torch optimizer's fused (single-kernel) implementation
         (default None: where it has one and every parameter is a floating-point tensor on
         the CPU or a CUDA device). Same update, different rounding in the last bits.
@@ -63,6 +77,7 @@ class Optimizer:
         clip_norm=None,
         lr_decay="none",
         lr_decay_min_epochs=15,
+        lr_decay_patience=2,
         min_learning_rate=0.0,
         fused=None,
     ):
@@ -84,7 +99,11 @@ class Optimizer:
         self.lr_decay = lr_decay
         self.lr_decay_min_epochs = lr_decay_min_epochs
         self.min_learning_rate = min_learning_rate
-        self.decaying = False
+        self.lr_decay_patience = lr_decay_patience
+        self.decaying = False  # "plateau": the countdown has started
+        self.stalled_epochs = 0  # "plateau-restore": epochs in a row without a better bound
+        #: set by :meth:`end_epoch` when the caller must restore the best weights now
+        self.restore_best = False
         self._ids = {id(p) for p in self.params}
 
     @property
@@ -135,28 +154,42 @@ class Optimizer:
     def end_epoch(self, epoch: int, improved: bool) -> bool:
         """Apply the plateau rule after ``epoch`` (1-based); return True when training should
         stop because the learning rate fell below ``min_learning_rate``."""
-        if self.lr_decay != "plateau":
+        self.restore_best = False
+        if self.lr_decay == "none":
             return False
-        if not improved and epoch > self.lr_decay_min_epochs:
-            self.decaying = True
-        if self.decaying:
+        halve = False
+        if self.lr_decay == "plateau":
+            self.decaying = self.decaying or (not improved and epoch > self.lr_decay_min_epochs)
+            halve = self.decaying
+        else:  # plateau-restore
+            self.stalled_epochs = 0 if improved else self.stalled_epochs + 1
+            if self.stalled_epochs >= self.lr_decay_patience and epoch > self.lr_decay_min_epochs:
+                halve = self.restore_best = True
+                self.stalled_epochs = 0
+                self.optimizer.state.clear()  # a fresh optimizer, as He et al. build one
+        if halve:
             for group in self.optimizer.param_groups:
                 group["lr"] *= 0.5
         return self.learning_rate < self.min_learning_rate
 
     @property
     def exhausted(self) -> bool:
-        """True once the plateau rule has taken the learning rate below its minimum."""
-        return self.lr_decay == "plateau" and self.learning_rate < self.min_learning_rate
+        """True once a plateau rule has taken the learning rate below its minimum."""
+        return self.lr_decay != "none" and self.learning_rate < self.min_learning_rate
 
     def get_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "decaying": self.decaying}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "decaying": self.decaying,
+            "stalled_epochs": self.stalled_epochs,
+        }
 
     def set_state(self, state: dict) -> None:
         # The saved implementation flags (fused or not) come back with the state, so a resumed
         # run continues with the kernels it started with: exactly the uninterrupted run.
         self.optimizer.load_state_dict(state["optimizer"])
         self.decaying = bool(state["decaying"])
+        self.stalled_epochs = int(state.get("stalled_epochs", 0))  # absent before plateau-restore
 
 
 def _fusable(factory, params) -> bool:
