@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 core=$1; shift
 RUNS=${RUNS:-../runs/ptb-text}
 RESULTS=${RESULTS:-benchmarks/results/ptb_text}
-K=${K:-5}; SA_MODE=${SA_MODE:-stop-gradient}; GAMMA=${GAMMA:-0.5}; NLL_SIZE=${NLL_SIZE:-640}
+K=${K:-10}; SA_MODE=${SA_MODE:-stop-gradient}; GAMMA=${GAMMA:-0.5}; NLL_SIZE=${NLL_SIZE:-640}
 SKIPVAE=${SKIPVAE:-.venv/bin/skipvae}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 RECIPE=(--dataset ptb --decoder lstm --encoder lstm --elbo mean-field --optimizer sgd
