@@ -26,7 +26,7 @@ SEMI_AMORTIZED_MODES = ("end-to-end", "stop-gradient", "kl", "svi")
 REFINE_COORDINATES = ("log-variance", "log-scale")
 REFINE_KL = ("analytic", "monte-carlo", "objective")
 OPTIMIZERS = ("adam", "sgd")
-LR_DECAYS = ("none", "plateau")
+LR_DECAYS = ("none", "plateau", "plateau-restore")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPONENTS = {
     "decoder": "mlp | pixelcnn | lstm",
