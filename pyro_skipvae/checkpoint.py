@@ -110,3 +110,15 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["random"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
+
+
+@contextmanager
+def rng_restored():
+    """Every global RNG put back on leaving the block (also on an exception): what a
+    measurement draws inside it (e.g. z while tracing a guide) changes no draw of training,
+    so a run measured this way trains exactly as one that is not, and as its resumption."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

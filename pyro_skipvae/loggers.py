@@ -151,16 +151,13 @@ class TensorBoardLogger:
         # Tracing the guide draws z: the global RNGs are put back, so that a run with a
         # logger trains exactly as one without (and as its resumption, whose RNG states
         # were saved before this).
-        rng = checkpoint.get_rng_state()
         try:
-            with evaluating(model, guide):
+            with checkpoint.rng_restored(), evaluating(model, guide):
                 kl = kl_per_dimension(model, guide, data, chunk_size=self.chunk_size).mean(0)
         except (ConfigError, DataError, NotImplementedError) as e:
             logger.info("tensorboard: no KL histogram (%s)", e)
             self.latent_data = None
             return
-        finally:
-            checkpoint.set_rng_state(rng)
         self.writer.add_histogram("val/kl_per_dim", kl.double().cpu(), step)
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ from .classify import accuracy_metrics, classification_accuracy
 from .elbo import elbo_terms
 from .estimate import mean_and_se, ratio_and_se
 from .latent import (
+    AU_THRESHOLD,
     Posteriors,
     aggregate_posterior_terms,
     expected_kl,
@@ -71,7 +72,7 @@ class Diagnosis:
     num_samples: int = 500
     nll_size: int | None = None
     mi_num_samples: int = 2
-    au_threshold: float = 0.01
+    au_threshold: float = AU_THRESHOLD
     mi_batch_size: int = 50
     chunk_size: int = 100
     iw_batch_size: int | None = None
@@ -373,7 +374,7 @@ def diagnose(
     num_samples=500,
     nll_size=None,
     mi_num_samples=2,
-    au_threshold=0.01,
+    au_threshold=AU_THRESHOLD,
     mi_batch_size=50,
     chunk_size=None,
     iw_batch_size=None,

@@ -294,12 +294,8 @@ class Validation:
         the same units as one process. Tracing the guide draws z, so the global random state
         is put back afterwards: the count changes no draw of training (a run resumed from a
         checkpoint written before it existed continues exactly)."""
-        rng = checkpoint.get_rng_state()
-        try:
-            with evaluating(self.model, self.guide):
-                means = Posteriors(self.guide, self.data, chunk_size=self.batch_size).means()
-        finally:
-            checkpoint.set_rng_state(rng)
+        with checkpoint.rng_restored(), evaluating(self.model, self.guide):
+            means = Posteriors(self.guide, self.data, chunk_size=self.batch_size).means()
         means = means.double()
         dim = means.shape[1]
         *sums, n = distributed.sum_across_ranks(
