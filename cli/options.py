@@ -10,10 +10,13 @@ whose errors list the valid names; a name with a colon is an import path,
 ``module:attribute``, importable from ``PYTHONPATH`` or the current directory.
 """
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -48,6 +51,44 @@ def _fail(message: str, status: int):
     sys.exit(status)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread where Ctrl-C's KeyboardInterrupt lands."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Within the block, SIGTERM and SIGHUP stop the command as Ctrl-C does.
+
+    Python's default for both is to die on the spot: no ``finally`` runs, so a fit killed by
+    a batch scheduler (SLURM sends SIGTERM at the time limit or on preemption) left its run
+    lock behind and a diagnose its temporary files. Raised as an exception, they unwind like
+    Ctrl-C: locks are released, atomic writes in progress are discarded, the last completed
+    epoch's checkpoint stays. A signal that is ignored (``nohup`` ignores SIGHUP) stays
+    ignored; outside the main thread (where signals cannot be handled) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        signum: signal.signal(signum, _raise_terminated)
+        for signum in (signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 def handle_errors(command):
     """Turn the library's typed errors into one line on stderr and an exit status."""
 
@@ -56,7 +97,8 @@ def handle_errors(command):
         from pyro_skipvae.errors import ConfigError, SkipVAEError
 
         try:
-            return command(*args, **kwargs)
+            with terminate_as_interrupt():
+                return command(*args, **kwargs)
         except ConfigError as e:
             _fail(str(e), 2)
         except SkipVAEError as e:
@@ -66,10 +108,10 @@ def handle_errors(command):
             sys.exit(0)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own usage errors and exits: click prints them with their status
-        except KeyboardInterrupt:
-            _fail(
-                "interrupted; the last completed epoch's checkpoint is intact (use --resume)", 130
-            )
+        except KeyboardInterrupt as e:  # Ctrl-C: status 130; SIGTERM 143, SIGHUP 129
+            how = str(e) if isinstance(e, Terminated) else "interrupted"
+            status = 128 + (e.signum if isinstance(e, Terminated) else signal.SIGINT)
+            _fail(f"{how}; the last completed epoch's checkpoint is intact (use --resume)", status)
         except Exception as e:  # a bug or an environment failure: still no traceback by default
             if os.environ.get("SKIPVAE_DEBUG"):
                 traceback.print_exc()

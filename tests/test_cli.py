@@ -163,6 +163,20 @@ def test_fit_init_from_fine_tunes_another_run_semi_amortized(tmp_path, data_dir)
     assert f"starting from the weights of {source}/best.pt (epoch 1)" in log
 
 
+def start_and_wait_for_epochs(command, run, epochs, env, **popen):
+    """Start ``skipvae fit`` and return once ``epochs`` epochs are in its metrics.jsonl."""
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
+    process = subprocess.Popen(command, env=env, **popen)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= epochs:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be stopped; make it longer"
+    return process
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir, skipvae_exe):
     """A run killed with SIGKILL mid-training and resumed ends identical to one never stopped."""
     exe = skipvae_exe
@@ -173,19 +187,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir, ski
     )
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [exe, *args, "--out", str(killed)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        metrics = killed / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    process = start_and_wait_for_epochs([exe, *args, "--out", str(killed)], killed, 2, env)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = len((killed / "metrics.jsonl").read_text().splitlines())
@@ -304,3 +306,45 @@ def test_click_errors_raised_inside_a_command_keep_clicks_status_and_message():
     assert result.exit_code == 2
     assert "Usage:" in result.output and "--cell takes one cell" in result.output
     assert "unexpected" not in result.output
+
+
+def test_sigterm_stops_a_fit_like_ctrl_c(tmp_path, data_dir, skipvae_exe):
+    """SIGTERM (a batch scheduler's time limit) unwinds like Ctrl-C: exit status 143, one line
+    saying so, the run lock released, the last epoch's checkpoint intact and resumable."""
+    run = tmp_path / "run"
+    args = ["fit", "--data-dir", str(data_dir), *SMALL, "--num-epochs", "6", "--out", str(run)]
+    env = {**os.environ, "SKIPVAE_CACHE_DIR": os.environ["SKIPVAE_CACHE_DIR"]}
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = start_and_wait_for_epochs([skipvae_exe, *args], run, 1, env, stderr=stderr)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert (tmp_path / "stderr").read_text() == (
+        "error: terminated by SIGTERM; the last completed epoch's checkpoint is intact"
+        " (use --resume)\n"
+    )
+    assert not (run / ".lock").exists()  # released, not left for a takeover
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 6
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == done
+    resumed = subprocess.run([skipvae_exe, *args, "--resume"], env=env, capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_terminate_as_interrupt_raises_in_the_block_and_keeps_ignored_signals_ignored():
+    from pyro_skipvae.cli.options import Terminated, terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    ignored = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with pytest.raises(Terminated) as stopped, terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises in this thread before the sleep ends
+        assert stopped.value.signum == signal.SIGTERM
+        assert str(stopped.value) == "terminated by SIGTERM"
+        assert isinstance(stopped.value, KeyboardInterrupt)  # unwinds as Ctrl-C does
+        assert signal.getsignal(signal.SIGTERM) is before  # put back after the block
+    finally:
+        signal.signal(signal.SIGHUP, ignored)
