@@ -36,7 +36,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 import xarray as xr
+
+from pyro_skipvae.diagnostics.estimate import mean_and_se
 
 #: per-datapoint variable -> its label
 METRICS = {
@@ -50,13 +53,14 @@ Z95 = 1.959963984540054
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[int, float, float]:
-    """``(n, mean, se)`` of b − a over the points where both are finite."""
+    """``(n, mean, se)`` of b − a over the points where both are finite (the diagnostics'
+    own mean-and-standard-error, :func:`~pyro_skipvae.diagnostics.estimate.mean_and_se`)."""
     both = np.isfinite(a) & np.isfinite(b)
-    d = (b - a)[both].astype(float)
-    n = int(d.size)
-    if n < 2:
-        return n, float(d.mean()) if n else math.nan, math.nan
-    return n, float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+    d = torch.from_numpy((b - a)[both].astype(float))
+    if d.numel() == 0:
+        return 0, math.nan, math.nan
+    estimate = mean_and_se(d)
+    return estimate.info["num_points"], float(estimate), estimate.se
 
 
 def check_comparable(a: xr.Dataset, b: xr.Dataset, names) -> None:
