@@ -9,12 +9,21 @@ rows are *consistent with* no difference. One seed gives a number and no interva
 
 Rows are grouped as by ``sweep_table.py`` (grid, inference, latent size, decoder depth; one
 group per file), split by ``skip`` and paired by ``seed``. Only rows whose status is ``ok``
-count. The script also prints the largest |KL - (MI + aggregate KL)| over the rows, the
+count.
+
+The text study keeps one ``skipvae diagnose`` JSON per cell instead of a results.csv; give
+those files instead (``benchmarks/results/ptb_text/*.json``, one group per folder): each
+becomes a row, grouped by the inference the model was trained with, its guide, how q was
+evaluated (amortized, or refined with K steps) and the latent size, and paired by the
+training seed::
+
+    python benchmarks/study_stats.py benchmarks/results/ptb_text/{skip,vae}-seed*.json The script also prints the largest |KL - (MI + aggregate KL)| over the rows, the
 ELBO-surgery identity's discrepancy (KL is analytic; MI and aggregate KL share sampled z).
 """
 
 import argparse
 import csv
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -73,16 +82,72 @@ def reading(n, low, high) -> str:
     return "consistent with no difference"
 
 
+#: a diagnosis JSON's field -> the results.csv column it fills
+DIAGNOSIS_COLUMNS = {
+    "nll": "test_nll",
+    "elbo": "test_elbo",
+    **{k: k for k in ("kl", "mi", "agg_kl", "au", "pareto_k_share_above")},
+}
+#: recorded by diagnoses since these fields were added; older ones are read from the run
+RUN_FIELDS = {"trained_with": ("inference",), "guide": ("guide",), "train_seed": ("seed",)}
+
+
+def diagnosis_row(path) -> tuple[str, dict]:
+    """``(source, row)``: a ``skipvae diagnose`` JSON as a results.csv row; the source is
+    its folder. A diagnosis written before it recorded how the model was trained takes that
+    from the run's ``config.json`` (its ``run_dir``, as diagnose saw it from here)."""
+    metrics = json.loads(Path(path).read_text())
+    missing = [k for k in RUN_FIELDS if k not in metrics]
+    if missing:
+        config_path = Path(metrics["run_dir"]) / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not record {', '.join(missing)} and its run's {config_path} "
+                "is not here: diagnose the run again, or run this where the run folder is"
+            )
+        config = json.loads(config_path.read_text())
+        section = {"trained_with": "train", "guide": "model", "train_seed": "train"}
+        for k in missing:
+            metrics[k] = config[section[k]][RUN_FIELDS[k][0]]
+    refined = metrics["num_refine_steps"]
+    row = {
+        "cell": Path(path).stem,
+        "status": "ok",
+        "grid": f"trained {metrics['trained_with']}, {metrics['guide']} guide",
+        "inference": f"q refined (K = {refined})" if refined else "q amortized",
+        "latent_dim": str(metrics["latent_dim"]),
+        "num_layers": "",
+        "skip": str(metrics["skip"]),
+        "seed": str(metrics["train_seed"]),
+        **{col: metrics[k] for k, col in DIAGNOSIS_COLUMNS.items()},
+    }
+    return Path(path).parent.name, row
+
+
+def read_rows(path):
+    """``(source, row)`` for each ``ok`` row of a results.csv, or a diagnosis JSON's row."""
+    if Path(path).suffix == ".json":
+        yield diagnosis_row(path)
+        return
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["status"] == "ok":
+                yield Path(path).stem, row
+
+
 def read_groups(paths):
     """``{(source, *KEYS): {skip (bool): {seed: row}}}`` over the ``ok`` rows of ``paths``."""
     groups = defaultdict(lambda: {True: {}, False: {}})
     for path in paths:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row["status"] != "ok":
-                    continue
-                key = (Path(path).stem, *(row[k] for k in KEYS))
-                groups[key][row["skip"] == "True"][int(row["seed"])] = row
+        for source, row in read_rows(path):
+            key = (source, *(row[k] for k in KEYS))
+            seed, skip = int(row["seed"]), row["skip"] == "True"
+            if seed in groups[key][skip]:
+                raise ValueError(
+                    f"two rows for {group_label(key)}, skip={skip}, seed {seed}: "
+                    f"{groups[key][skip][seed]['cell']} and {row['cell']}"
+                )
+            groups[key][skip][seed] = row
     return dict(groups)
 
 
@@ -90,11 +155,10 @@ def identity_discrepancy(paths):
     """``(max |KL - MI - aggregate KL|, cell, source)`` over the ``ok`` rows of ``paths``."""
     worst = (-1.0, "", "")
     for path in paths:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row["status"] == "ok" and row.get("agg_kl"):
-                    gap = abs(float(row["kl"]) - float(row["mi"]) - float(row["agg_kl"]))
-                    worst = max(worst, (gap, row["cell"], Path(path).stem))
+        for source, row in read_rows(path):
+            if row.get("agg_kl") not in ("", None):
+                gap = abs(float(row["kl"]) - float(row["mi"]) - float(row["agg_kl"]))
+                worst = max(worst, (gap, row["cell"], source))
     return worst
 
 
@@ -119,11 +183,12 @@ def group_label(key) -> str:
     return f"{source}: {grid}, latent {latent_dim}{depth}"
 
 
-def metric_rows(models, metrics):
-    """One dict per metric: label, n per model, their stats, the paired difference's stats."""
+def metric_rows(models, metrics, decimals=None):
+    """One dict per metric: label, n per model, their stats, the paired difference's stats;
+    printed with ``decimals`` places, or each metric's own."""
     out = []
     for metric in metrics:
-        label, _, decimals = METRICS.get(metric, (metric, 1.0, 2))
+        label, _, own = METRICS.get(metric, (metric, 1.0, 2))
         skip, plain = _values(models[True], metric), _values(models[False], metric)
         if not skip or not plain:
             continue
@@ -132,7 +197,7 @@ def metric_rows(models, metrics):
             dict(
                 metric=metric,
                 label=label,
-                decimals=decimals,
+                decimals=own if decimals is None else decimals,
                 plain=t_interval(list(plain.values())),
                 skip=t_interval(list(skip.values())),
                 diff=diff,
@@ -142,7 +207,7 @@ def metric_rows(models, metrics):
     return out
 
 
-def tables(paths, metrics=DEFAULT, diff_only=False) -> str:
+def tables(paths, metrics=DEFAULT, diff_only=False, decimals=None) -> str:
     lines = []
     groups = read_groups(paths)
     order = sorted(groups, key=lambda k: (k[0], k[1], k[2], int(k[3]), int(k[4] or 0)))
@@ -152,7 +217,7 @@ def tables(paths, metrics=DEFAULT, diff_only=False) -> str:
             "|---|---|---|---|---|",
         ]
     for key in order:
-        rows = metric_rows(groups[key], metrics)
+        rows = metric_rows(groups[key], metrics, decimals)
         if diff_only:
             for r in rows:
                 lines.append(
@@ -188,13 +253,16 @@ def tables(paths, metrics=DEFAULT, diff_only=False) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", help="results.csv files")
+    parser.add_argument("results", nargs="+", help="results.csv files or diagnosis JSONs")
     parser.add_argument("--metrics", default=",".join(DEFAULT), help="columns to summarise")
     parser.add_argument(
         "--diff-only", action="store_true", help="one table of paired differences, all groups"
     )
+    parser.add_argument(
+        "--decimals", type=int, help="decimal places for every metric (default: per metric)"
+    )
     args = parser.parse_args()
-    print(tables(args.results, tuple(args.metrics.split(",")), args.diff_only))
+    print(tables(args.results, tuple(args.metrics.split(",")), args.diff_only, args.decimals))
 
 
 if __name__ == "__main__":

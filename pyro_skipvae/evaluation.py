@@ -305,8 +305,9 @@ def diagnose_split(
 
 def run_settings(run: LoadedRun, refinement: dict | None, options: DiagnoseOptions) -> dict:
     """What was evaluated, for ``diagnostics.json``: the run, data set and split, the
-    binarisation, the guide (amortized or refined, with the refinement's settings) and the
-    model's skip wiring and decoder."""
+    binarisation, how q was evaluated (amortized or refined, with the refinement's settings),
+    the model's skip wiring, decoder and guide, and the inference and seed it was trained
+    with (``seed`` is the diagnosis's own, which draws the IW-NLL subset)."""
     return {
         "run_dir": str(run.run_dir),
         "dataset": run.dataset,
@@ -319,6 +320,9 @@ def run_settings(run: LoadedRun, refinement: dict | None, options: DiagnoseOptio
         "refinement": refinement,
         "skip": run.vae.config.skip,
         "decoder": run.vae.config.decoder,
+        "guide": run.vae.config.guide,
+        "trained_with": run.config.get("train", {}).get("inference"),
+        "train_seed": run.config.get("train", {}).get("seed"),
         "max_length": run.config["run"].get("max_length"),
     }
 

@@ -165,6 +165,8 @@ def test_semi_amortized_run_is_diagnosed_with_its_own_refinement(tmp_path):
         "0.2",
         "--refine-max-grad-norm",
         "2",
+        "--seed",
+        "3",
         "--out",
         str(out),
     ]
@@ -193,6 +195,11 @@ def test_semi_amortized_run_is_diagnosed_with_its_own_refinement(tmp_path):
     assert result.exit_code == 0, result.output
     plain = json.loads(amortized.read_text())
     assert plain["inference"] == "amortized" and plain["refinement"] is None
+    # how q is evaluated is one thing, how the model was trained another: both are recorded
+    assert own["trained_with"] == plain["trained_with"] == "semi-amortized"
+    assert own["guide"] == plain["guide"] == "normal"
+    # the training's seed, not the diagnosis's (which draws the IW-NLL subset)
+    assert own["train_seed"] == plain["train_seed"] == 3 and own["seed"] == 0
     assert own["elbo"] > plain["elbo"], "refinement must raise the bound on the same images"
 
 

@@ -3,6 +3,7 @@ checked against hand-computed answers on synthetic numbers (not measurements).""
 
 import csv
 import importlib.util
+import json
 import math
 import subprocess
 import sys
@@ -108,3 +109,64 @@ def test_command_line_on_the_committed_image_rows():
     ).stdout
     assert "| KL (nats) | 3 / 3 / 3 |" in out
     assert "largest |KL - MI - aggregate KL|" in out
+
+
+def _diagnosis(path, *, skip, seed, kl, refine=0, run_dir="unused", recorded=True):
+    """A synthetic ``skipvae diagnose`` JSON (made-up numbers, not a measurement)."""
+    metrics = dict(
+        skip=skip, num_refine_steps=refine, latent_dim=64, run_dir=str(run_dir), seed=0,
+        nll=100.0 - kl, elbo=-102.0, kl=kl, mi=kl - 0.1, agg_kl=0.1, au=int(kl),
+        pareto_k_share_above=0.0,
+    )  # fmt: skip
+    if recorded:
+        metrics.update(trained_with="svi", guide="normal", train_seed=seed)
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def test_diagnosis_jsons_are_rows_paired_by_training_seed(tmp_path):
+    # Synthetic: KL skip - no skip is 1 (seed 0) and 3 (seed 1) -> 2 ± 1.414, t(1) interval
+    # 2 ± 12.706 * 1.414 / sqrt(2) = [-10.71, 14.71]; the refined cell is its own group.
+    study = tmp_path / "text"
+    study.mkdir()
+    # seed 1's VAE was diagnosed before the training's seed was recorded: read from its run
+    run = tmp_path / "vae-seed1"
+    run.mkdir()
+    config = {"model": {"guide": "normal"}, "train": {"inference": "svi", "seed": 1}}
+    (run / "config.json").write_text(json.dumps(config))
+    paths = [
+        _diagnosis(study / "vae-seed0.json", skip=False, seed=0, kl=1.0),
+        _diagnosis(study / "skip-seed0.json", skip=True, seed=0, kl=2.0),
+        _diagnosis(
+            study / "vae-seed1.json", skip=False, seed=1, kl=2.0, run_dir=run, recorded=False
+        ),  # fmt: skip
+        _diagnosis(study / "skip-seed1.json", skip=True, seed=1, kl=5.0),
+        _diagnosis(study / "skip-seed0.refined.json", skip=True, seed=0, kl=4.0, refine=10),
+    ]
+    groups = study_stats.read_groups(paths)
+    amortized = ("text", "trained svi, normal guide", "q amortized", "64", "")
+    refined = ("text", "trained svi, normal guide", "q refined (K = 10)", "64", "")
+    assert set(groups) == {amortized, refined}
+    assert sorted(groups[amortized][False]) == [0, 1] and list(groups[refined][True]) == [0]
+    assert groups[amortized][False][1]["cell"] == "vae-seed1"
+    text = study_stats.tables(paths, ("kl", "test_nll"), decimals=3)
+    assert "text: trained svi, normal guide, q amortized, latent 64" in text
+    assert "| KL (nats) | 2 / 2 / 2 | 1.500 ± 0.707 " in text
+    assert "| 2.000 ± 1.414 [-10.706, 14.706] | consistent with no difference |" in text
+    assert "| IW-NLL (nats) | 2 / 2 / 2 |" in text  # nll -> test_nll
+    assert "| KL (nats) | 0 / 1 / " not in text  # the refined group has no pair: no KL row
+    gap, _, _ = study_stats.identity_discrepancy(paths)
+    assert gap == pytest.approx(0.0)
+
+
+def test_diagnosis_json_errors(tmp_path):
+    lost = _diagnosis(tmp_path / "old.json", skip=True, seed=0, kl=1.0, recorded=False,
+                      run_dir=tmp_path / "gone")  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="does not record trained_with, guide, train_seed"):
+        study_stats.read_groups([lost])
+    twice = [
+        _diagnosis(tmp_path / "a.json", skip=True, seed=0, kl=1.0),
+        _diagnosis(tmp_path / "b.json", skip=True, seed=0, kl=2.0),
+    ]
+    with pytest.raises(ValueError, match="two rows for .*skip=True, seed 0: a and b"):
+        study_stats.read_groups(twice)
