@@ -17,7 +17,9 @@ becomes a row, grouped by the inference the model was trained with, its guide, h
 evaluated (amortized, or refined with K steps) and the latent size, and paired by the
 training seed::
 
-    python benchmarks/study_stats.py benchmarks/results/ptb_text/{skip,vae}-seed*.json The script also prints the largest |KL - (MI + aggregate KL)| over the rows, the
+    python benchmarks/study_stats.py benchmarks/results/ptb_text/{skip,vae}-seed*.json
+
+The script also prints the largest |KL - (MI + aggregate KL)| over the rows, the
 ELBO-surgery identity's discrepancy (KL is analytic; MI and aggregate KL share sampled z).
 """
 
@@ -88,8 +90,13 @@ DIAGNOSIS_COLUMNS = {
     "elbo": "test_elbo",
     **{k: k for k in ("kl", "mi", "agg_kl", "au", "pareto_k_share_above")},
 }
-#: recorded by diagnoses since these fields were added; older ones are read from the run
-RUN_FIELDS = {"trained_with": ("inference",), "guide": ("guide",), "train_seed": ("seed",)}
+#: how the model was trained: a diagnosis's field -> where the run's config.json keeps it
+#: (diagnoses written before these were recorded are read from the run folder)
+RUN_FIELDS = {
+    "trained_with": ("train", "inference"),
+    "guide": ("model", "guide"),
+    "train_seed": ("train", "seed"),
+}
 
 
 def diagnosis_row(path) -> tuple[str, dict]:
@@ -106,9 +113,9 @@ def diagnosis_row(path) -> tuple[str, dict]:
                 "is not here: diagnose the run again, or run this where the run folder is"
             )
         config = json.loads(config_path.read_text())
-        section = {"trained_with": "train", "guide": "model", "train_seed": "train"}
         for k in missing:
-            metrics[k] = config[section[k]][RUN_FIELDS[k][0]]
+            section, key = RUN_FIELDS[k]
+            metrics[k] = config[section][key]
     refined = metrics["num_refine_steps"]
     row = {
         "cell": Path(path).stem,
