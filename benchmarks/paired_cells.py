@@ -29,6 +29,11 @@ MI and aggregate KL are per-datapoint terms of full-set estimators (each term de
 every point's q through the mixture q(z)), so their standard errors are approximate; KL,
 ELBO and IW-NLL are per-datapoint quantities proper. Active units are a property of the
 whole set and are not paired.
+
+One derived row: −ELBO − IW-NLL, per point of the IW-NLL subset, is what importance
+sampling gains over q's bound. It is about zero when p(x | z) does not vary with z (a
+collapsed model: every importance weight is the same) and grows when the decoder uses z
+that q fails to capture (a lagging encoder). Each cell's column shows its own mean ± se.
 """
 
 import argparse
@@ -48,19 +53,26 @@ METRICS = {
     "kl": "KL (nats)",
     "mi": "MI term (nats, approximate se)",
     "agg_kl": "aggregate KL term (nats, approximate se)",
+    "iw_gain": "−ELBO − IW-NLL (nats, K = 500 subset)",
 }
+#: derived per-datapoint quantities: name -> (the variables it needs, how it is computed)
+DERIVED = {"iw_gain": (("elbo", "nll"), lambda ds: -ds["elbo"].values - ds["nll"].values)}
 Z95 = 1.959963984540054
 
 
-def paired(a: np.ndarray, b: np.ndarray) -> tuple[int, float, float]:
-    """``(n, mean, se)`` of b − a over the points where both are finite (the diagnostics'
-    own mean-and-standard-error, :func:`~pyro_skipvae.diagnostics.estimate.mean_and_se`)."""
-    both = np.isfinite(a) & np.isfinite(b)
-    d = torch.from_numpy((b - a)[both].astype(float))
-    if d.numel() == 0:
+def summary(v: np.ndarray) -> tuple[int, float, float]:
+    """``(n, mean, se)`` of the values given (the diagnostics' own mean-and-standard-error,
+    :func:`~pyro_skipvae.diagnostics.estimate.mean_and_se`)."""
+    if v.size == 0:
         return 0, math.nan, math.nan
-    estimate = mean_and_se(d)
+    estimate = mean_and_se(torch.from_numpy(v.astype(float)))
     return estimate.info["num_points"], float(estimate), estimate.se
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> tuple[int, float, float]:
+    """``(n, mean, se)`` of b − a over the points where both are finite."""
+    both = np.isfinite(a) & np.isfinite(b)
+    return summary((b - a)[both])
 
 
 def check_comparable(a: xr.Dataset, b: xr.Dataset, names) -> None:
@@ -85,24 +97,35 @@ def check_comparable(a: xr.Dataset, b: xr.Dataset, names) -> None:
             )
 
 
+def values(ds: xr.Dataset, var: str) -> np.ndarray | None:
+    """The per-datapoint values of ``var`` (a stored variable or one of :data:`DERIVED`), or
+    ``None`` when the diagnosis lacks what it needs."""
+    needs, compute = DERIVED.get(var, ((var,), lambda d: d[var].values))
+    if not all(v in ds for v in needs):
+        return None
+    return np.asarray(compute(ds), dtype=float)
+
+
 def table(a: xr.Dataset, b: xr.Dataset, names) -> str:
-    """The markdown table of paired differences ``names[1] − names[0]``."""
+    """The markdown table: each cell's mean ± se and the paired difference
+    ``names[1] − names[0]``, over the points both have."""
     header = (
         f"| metric | {names[0]} | {names[1]} | {names[1]} − {names[0]} (paired) | points "
         "| 95 % interval (over test points) |\n|---|---|---|---|---|---|\n"
     )
     rows = []
     for var, label in METRICS.items():
-        if var not in a or var not in b:
+        x, y = values(a, var), values(b, var)
+        if x is None or y is None:
             continue
-        x, y = a[var].values.astype(float), b[var].values.astype(float)
         n, mean, se = paired(x, y)
         both = np.isfinite(x) & np.isfinite(y)
+        own = [summary(v[both]) for v in (x, y)]
         low, high = mean - Z95 * se, mean + Z95 * se
         verdict = "excludes 0" if low > 0 or high < 0 else "includes 0"
         rows.append(
-            f"| {label} | {x[both].mean():.3f} | {y[both].mean():.3f} | {mean:+.3f} ± {se:.3f} "
-            f"| {n} | [{low:+.3f}, {high:+.3f}] ({verdict}) |"
+            f"| {label} | {own[0][1]:.3f} ± {own[0][2]:.3f} | {own[1][1]:.3f} ± {own[1][2]:.3f} "
+            f"| {mean:+.3f} ± {se:.3f} | {n} | [{low:+.3f}, {high:+.3f}] ({verdict}) |"
         )
     return header + "\n".join(rows) + "\n"
 

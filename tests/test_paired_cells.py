@@ -54,6 +54,18 @@ def test_pairing_resolves_a_shift_the_spread_between_points_would_hide(tmp_path)
     assert "-0.200 ± 0.000 | 100 |" in rows["| IW-NLL (nats, K = 500 subset)"]
     assert "+0.000 ± 0.000" in rows["| KL (nats)"] and "(includes 0)" in rows["| KL (nats)"]
     assert "MI" not in result.stdout  # absent variables are left out, not invented
+    # each cell's own mean ± se: A's ELBO is -100 + spread over all n points
+    own = spread.std(ddof=1) / math.sqrt(n)
+    assert f"| {-100 + spread.mean():.3f} ± {own:.3f} |" in elbo
+    # -ELBO - IW-NLL on the subset (made-up numbers, so it may be negative): A's is
+    # 100 - spread - (100 + spread) = -2 spread per point, B's
+    # 99.7 - spread - noise - (100 + spread - 0.2) = -0.1 - 2 spread - noise
+    gain = rows["| −ELBO − IW-NLL (nats, K = 500 subset)"]
+    for own_gain in (-2 * spread[:100], -0.1 - 2 * spread[:100] - noise[:100]):
+        assert f"| {own_gain.mean():.3f} ± {own_gain.std(ddof=1) / 10:.3f} |" in gain
+    assert (
+        f"| {-0.1 - noise[:100].mean():+.3f} ± {noise[:100].std(ddof=1) / 10:.3f} | 100 |" in gain
+    )
     assert (tmp_path / "t.md").read_text() == result.stdout
 
 
