@@ -77,6 +77,8 @@ def reading(n, low, high) -> str:
     """How a difference's interval may be worded."""
     if n < 2:
         return "1 seed: no interval"
+    if low == high:  # every seed's difference the same: a zero-width interval says nothing
+        return "the same in every seed: no spread to test"
     if low > 0:
         return "finding: skip higher"
     if high < 0:

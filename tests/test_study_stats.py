@@ -53,6 +53,10 @@ def test_paired_difference_pairs_by_seed_and_reads_the_interval():
     assert low == pytest.approx(0.515862, abs=1e-6)
     assert study_stats.reading(n, low, high) == "finding: skip higher"
     assert study_stats.reading(3, -5.0, -0.1) == "finding: skip lower"
+    # Synthetic: differences -1, -1 (e.g. active units 0 vs 1 in both seeds): sd 0, no test
+    n, mean, sd, low, high = study_stats.paired_difference({0: 0.0, 1: 0.0}, {0: 1.0, 1: 1.0})
+    assert (n, mean, sd) == (2, -1.0, 0.0)
+    assert study_stats.reading(n, low, high) == "the same in every seed: no spread to test"
 
 
 def test_tables_and_identity_on_synthetic_rows(tmp_path):
