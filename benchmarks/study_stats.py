@@ -13,7 +13,8 @@ count.
 
 The text study keeps one ``skipvae diagnose`` JSON per cell instead of a results.csv; give
 those files instead (``benchmarks/results/ptb_text/*.json``, one group per folder): each
-becomes a row, grouped by the inference the model was trained with, its guide, how q was
+becomes a row, grouped by the inference the model was trained with, its guide and the guide's
+options, how q was
 evaluated (amortized, or refined with K steps) and the latent size, and paired by the
 training seed::
 
@@ -97,8 +98,16 @@ DIAGNOSIS_COLUMNS = {
 RUN_FIELDS = {
     "trained_with": ("train", "inference"),
     "guide": ("model", "guide"),
+    "guide_options": ("model", "guide_options"),
     "train_seed": ("train", "seed"),
 }
+
+
+def guide_label(metrics: dict) -> str:
+    """The guide and its options, so cells differing only in (say) BN-VAE's γ are different
+    groups: ``bn-normal guide (gamma=0.5)``."""
+    options = ", ".join(f"{k}={v}" for k, v in sorted(metrics["guide_options"].items()))
+    return f"{metrics['guide']} guide" + (f" ({options})" if options else "")
 
 
 def diagnosis_row(path) -> tuple[str, dict]:
@@ -122,7 +131,7 @@ def diagnosis_row(path) -> tuple[str, dict]:
     row = {
         "cell": Path(path).stem,
         "status": "ok",
-        "grid": f"trained {metrics['trained_with']}, {metrics['guide']} guide",
+        "grid": f"trained {metrics['trained_with']}, {guide_label(metrics)}",
         "inference": f"q refined (K = {refined})" if refined else "q amortized",
         "latent_dim": str(metrics["latent_dim"]),
         "num_layers": "",

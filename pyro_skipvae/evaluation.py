@@ -306,8 +306,8 @@ def diagnose_split(
 def run_settings(run: LoadedRun, refinement: dict | None, options: DiagnoseOptions) -> dict:
     """What was evaluated, for ``diagnostics.json``: the run, data set and split, the
     binarisation, how q was evaluated (amortized or refined, with the refinement's settings),
-    the model's skip wiring, decoder and guide, and the inference and seed it was trained
-    with (``seed`` is the diagnosis's own, which draws the IW-NLL subset)."""
+    the model's skip wiring, decoder and guide (with its options, e.g. BN-VAE's γ), and the
+    inference and seed it was trained with (``seed`` is the diagnosis's own, which draws the IW-NLL subset)."""
     return {
         "run_dir": str(run.run_dir),
         "dataset": run.dataset,
@@ -321,6 +321,7 @@ def run_settings(run: LoadedRun, refinement: dict | None, options: DiagnoseOptio
         "skip": run.vae.config.skip,
         "decoder": run.vae.config.decoder,
         "guide": run.vae.config.guide,
+        "guide_options": dict(run.vae.config.guide_options),
         "trained_with": run.config.get("train", {}).get("inference"),
         "train_seed": run.config.get("train", {}).get("seed"),
         "max_length": run.config["run"].get("max_length"),

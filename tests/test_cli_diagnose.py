@@ -198,6 +198,7 @@ def test_semi_amortized_run_is_diagnosed_with_its_own_refinement(tmp_path):
     # how q is evaluated is one thing, how the model was trained another: both are recorded
     assert own["trained_with"] == plain["trained_with"] == "semi-amortized"
     assert own["guide"] == plain["guide"] == "normal"
+    assert own["guide_options"] == plain["guide_options"] == {}
     # the training's seed, not the diagnosis's (which draws the IW-NLL subset)
     assert own["train_seed"] == plain["train_seed"] == 3 and own["seed"] == 0
     assert own["elbo"] > plain["elbo"], "refinement must raise the bound on the same images"

@@ -441,5 +441,12 @@ def test_the_cli_selects_both_remedies_by_name(tmp_path, data_dir):
     }
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["aggressive"] for r in records] == [True, False]
+    # the diagnosis records the guide's options and how the model was trained
+    quick = ["--eval-size", "40", "--num-samples", "0", "--no-plots", "--quiet"]
+    result = CliRunner().invoke(cli, ["diagnose", str(out), *quick], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    diagnosis = json.loads((out / "diagnostics.json").read_text())
+    assert diagnosis["guide"] == "bn-normal" and diagnosis["guide_options"] == {"gamma": 0.8}
+    assert diagnosis["trained_with"] == "aggressive"
     bad = CliRunner().invoke(cli, [*arguments[:-4], "--inference-option", "mode=kl"])
     assert bad.exit_code != 0 and "inference 'aggressive' takes no such option" in bad.output

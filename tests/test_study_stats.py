@@ -115,7 +115,7 @@ def test_command_line_on_the_committed_image_rows():
     assert "largest |KL - MI - aggregate KL|" in out
 
 
-def _diagnosis(path, *, skip, seed, kl, refine=0, run_dir="unused", recorded=True):
+def _diagnosis(path, *, skip, seed, kl, refine=0, run_dir="unused", recorded=True, guide=None):
     """A synthetic ``skipvae diagnose`` JSON (made-up numbers, not a measurement)."""
     metrics = dict(
         skip=skip, num_refine_steps=refine, latent_dim=64, run_dir=str(run_dir), seed=0,
@@ -123,7 +123,9 @@ def _diagnosis(path, *, skip, seed, kl, refine=0, run_dir="unused", recorded=Tru
         pareto_k_share_above=0.0,
     )  # fmt: skip
     if recorded:
-        metrics.update(trained_with="svi", guide="normal", train_seed=seed)
+        metrics.update(trained_with="svi", guide="normal", guide_options={}, train_seed=seed)
+    if guide:
+        metrics.update(guide="bn-normal", guide_options=guide)
     path.write_text(json.dumps(metrics))
     return path
 
@@ -136,7 +138,10 @@ def test_diagnosis_jsons_are_rows_paired_by_training_seed(tmp_path):
     # seed 1's VAE was diagnosed before the training's seed was recorded: read from its run
     run = tmp_path / "vae-seed1"
     run.mkdir()
-    config = {"model": {"guide": "normal"}, "train": {"inference": "svi", "seed": 1}}
+    config = {
+        "model": {"guide": "normal", "guide_options": {}},
+        "train": {"inference": "svi", "seed": 1},
+    }
     (run / "config.json").write_text(json.dumps(config))
     paths = [
         _diagnosis(study / "vae-seed0.json", skip=False, seed=0, kl=1.0),
@@ -146,11 +151,16 @@ def test_diagnosis_jsons_are_rows_paired_by_training_seed(tmp_path):
         ),  # fmt: skip
         _diagnosis(study / "skip-seed1.json", skip=True, seed=1, kl=5.0),
         _diagnosis(study / "skip-seed0.refined.json", skip=True, seed=0, kl=4.0, refine=10),
+        # the BN-VAE guide at two γ: two groups, each named by its option
+        _diagnosis(study / "bn-skip-seed0.json", skip=True, seed=0, kl=8.0, guide={"gamma": 0.5}),
+        _diagnosis(study / "bn-skip-g7.json", skip=True, seed=0, kl=16.0, guide={"gamma": 0.7}),
     ]
     groups = study_stats.read_groups(paths)
     amortized = ("text", "trained svi, normal guide", "q amortized", "64", "")
     refined = ("text", "trained svi, normal guide", "q refined (K = 10)", "64", "")
-    assert set(groups) == {amortized, refined}
+    bn = [("text", f"trained svi, bn-normal guide (gamma={g})", "q amortized", "64", "")
+          for g in (0.5, 0.7)]  # fmt: skip
+    assert set(groups) == {amortized, refined, *bn}
     assert sorted(groups[amortized][False]) == [0, 1] and list(groups[refined][True]) == [0]
     assert groups[amortized][False][1]["cell"] == "vae-seed1"
     text = study_stats.tables(paths, ("kl", "test_nll"), decimals=3)
@@ -166,7 +176,9 @@ def test_diagnosis_jsons_are_rows_paired_by_training_seed(tmp_path):
 def test_diagnosis_json_errors(tmp_path):
     lost = _diagnosis(tmp_path / "old.json", skip=True, seed=0, kl=1.0, recorded=False,
                       run_dir=tmp_path / "gone")  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="does not record trained_with, guide, train_seed"):
+    with pytest.raises(
+        FileNotFoundError, match="does not record trained_with, guide, guide_options, train_seed"
+    ):
         study_stats.read_groups([lost])
     twice = [
         _diagnosis(tmp_path / "a.json", skip=True, seed=0, kl=1.0),
