@@ -20,6 +20,14 @@ training seed::
 
     python benchmarks/study_stats.py benchmarks/results/ptb_text/{skip,vae}-seed*.json
 
+Diagnosis rows can also be compared the other way, ``--arm training``: a model trained
+semi-amortized against the same model trained amortized (plain SVI) and evaluated alike,
+e.g. both with K = 5 refinement (RQ5's control), paired by training seed, one group per
+skip setting::
+
+    python benchmarks/study_stats.py --arm training \
+        benchmarks/results/pixelcnn_bmnist_cpu_{sa,control}/*.json
+
 The script also prints the largest |KL - (MI + aggregate KL)| over the rows, the
 ELBO-surgery identity's discrepancy (KL is analytic; MI and aggregate KL share sampled z).
 """
@@ -35,6 +43,18 @@ import numpy as np
 from scipy import stats
 
 KEYS = ("grid", "inference", "latent_dim", "num_layers")
+#: what a table compares within a group, paired by seed (``--arm``): the row's arm (True for
+#: the first), the arms' names, and the setting that, instead, tells groups apart
+ARMS = {
+    "skip": (lambda row: row["skip"] == "True", ("skip", "no skip"), "trained_with"),
+    "training": (
+        lambda row: row["trained_with"] == "semi-amortized",
+        ("SA-trained", "amortized-trained"),
+        "skip",
+    ),
+}
+#: the trainings ``--arm training`` compares
+TRAININGS = ("semi-amortized", "svi")
 # column -> (label, scale applied before printing, decimals)
 METRICS = {
     "test_nll": ("IW-NLL (nats)", 1.0, 2),
@@ -74,16 +94,16 @@ def paired_difference(skip_by_seed, plain_by_seed, level=0.95):
     return t_interval([skip_by_seed[s] - plain_by_seed[s] for s in seeds], level)
 
 
-def reading(n, low, high) -> str:
-    """How a difference's interval may be worded."""
+def reading(n, low, high, first="skip") -> str:
+    """How a difference's interval may be worded (``first``: the arm it is taken from)."""
     if n < 2:
         return "1 seed: no interval"
     if low == high:  # every seed's difference the same: a zero-width interval says nothing
         return "the same in every seed: no spread to test"
     if low > 0:
-        return "finding: skip higher"
+        return f"finding: {first} higher"
     if high < 0:
-        return "finding: skip lower"
+        return f"finding: {first} lower"
     return "consistent with no difference"
 
 
@@ -111,8 +131,8 @@ def guide_label(metrics: dict) -> str:
 
 
 def diagnosis_row(path) -> tuple[str, dict]:
-    """``(source, row)``: a ``skipvae diagnose`` JSON as a results.csv row; the source is
-    its folder. A diagnosis written before it recorded how the model was trained takes that
+    """``(source, row)``: a ``skipvae diagnose`` JSON as a results.csv row with the training
+    it came from (``trained_with``); the source is its data set and split. A diagnosis written before it recorded how the model was trained takes that
     from the run's ``config.json`` (its ``run_dir``, as diagnose saw it from here)."""
     metrics = json.loads(Path(path).read_text())
     missing = [k for k in RUN_FIELDS if k not in metrics]
@@ -131,7 +151,8 @@ def diagnosis_row(path) -> tuple[str, dict]:
     row = {
         "cell": Path(path).stem,
         "status": "ok",
-        "grid": f"trained {metrics['trained_with']}, {guide_label(metrics)}",
+        "grid": guide_label(metrics),
+        "trained_with": metrics["trained_with"],
         "inference": f"q refined (K = {refined})" if refined else "q amortized",
         "latent_dim": str(metrics["latent_dim"]),
         "num_layers": "",
@@ -139,7 +160,7 @@ def diagnosis_row(path) -> tuple[str, dict]:
         "seed": str(metrics["train_seed"]),
         **{col: metrics[k] for k, col in DIAGNOSIS_COLUMNS.items()},
     }
-    return Path(path).parent.name, row
+    return f"{metrics['dataset']} ({metrics['split']} split)", row
 
 
 def read_rows(path):
@@ -153,19 +174,27 @@ def read_rows(path):
                 yield Path(path).stem, row
 
 
-def read_groups(paths):
-    """``{(source, *KEYS): {skip (bool): {seed: row}}}`` over the ``ok`` rows of ``paths``."""
+def read_groups(paths, arm="skip"):
+    """``{(source, setting, *KEYS): {first arm (bool): {seed: row}}}`` over the ``ok`` rows of
+    ``paths``, ``setting`` what else tells groups apart (:data:`ARMS`: the training for
+    ``arm="skip"``, empty for results.csv rows; the skip setting for ``arm="training"``)."""
+    is_first, names, setting = ARMS[arm]
     groups = defaultdict(lambda: {True: {}, False: {}})
     for path in paths:
         for source, row in read_rows(path):
-            key = (source, *(row[k] for k in KEYS))
-            seed, skip = int(row["seed"]), row["skip"] == "True"
-            if seed in groups[key][skip]:
+            if arm == "training" and row.get("trained_with") not in TRAININGS:
                 raise ValueError(
-                    f"two rows for {group_label(key)}, skip={skip}, seed {seed}: "
-                    f"{groups[key][skip][seed]['cell']} and {row['cell']}"
+                    f"--arm training compares {' and '.join(TRAININGS)} training, found "
+                    f"{row.get('trained_with') or 'no recorded training'} in {path}"
                 )
-            groups[key][skip][seed] = row
+            key = (source, row.get(setting, ""), *(row[k] for k in KEYS))
+            seed, first = int(row["seed"]), is_first(row)
+            if seed in groups[key][first]:
+                raise ValueError(
+                    f"two rows for {group_label(key, arm)}, {names[not first]}, seed {seed}: "
+                    f"{groups[key][first][seed]['cell']} and {row['cell']}"
+                )
+            groups[key][first][seed] = row
     return dict(groups)
 
 
@@ -194,16 +223,20 @@ def _fmt(stat, decimals) -> str:
     return f"{mean:.{decimals}f} ± {sd:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
 
 
-def group_label(key) -> str:
-    source, grid, inference, latent_dim, num_layers = key
+def group_label(key, arm="skip") -> str:
+    source, setting, grid, inference, latent_dim, num_layers = key
     depth = f", decoder layers {num_layers}" if num_layers else ""
     grid = grid if grid == inference else f"{grid}, {inference}"
+    if setting and arm == "skip":
+        grid = f"trained {setting}, {grid}"
+    elif arm == "training":
+        grid = f"{'skip' if setting == 'True' else 'no skip'}, {grid}"
     return f"{source}: {grid}, latent {latent_dim}{depth}"
 
 
-def metric_rows(models, metrics, decimals=None):
-    """One dict per metric: label, n per model, their stats, the paired difference's stats;
-    printed with ``decimals`` places, or each metric's own."""
+def metric_rows(models, metrics, decimals=None, first="skip"):
+    """One dict per metric: label, n per model, their stats, the paired difference's stats
+    (``first`` arm − the other); printed with ``decimals`` places, or each metric's own."""
     out = []
     for metric in metrics:
         label, _, own = METRICS.get(metric, (metric, 1.0, 2))
@@ -219,35 +252,36 @@ def metric_rows(models, metrics, decimals=None):
                 plain=t_interval(list(plain.values())),
                 skip=t_interval(list(skip.values())),
                 diff=diff,
-                reading=reading(diff[0], diff[3], diff[4]),
+                reading=reading(diff[0], diff[3], diff[4], first),
             )
         )
     return out
 
 
-def tables(paths, metrics=DEFAULT, diff_only=False, decimals=None) -> str:
+def tables(paths, metrics=DEFAULT, diff_only=False, decimals=None, arm="skip") -> str:
     lines = []
-    groups = read_groups(paths)
-    order = sorted(groups, key=lambda k: (k[0], k[1], k[2], int(k[3]), int(k[4] or 0)))
+    first, second = ARMS[arm][1]
+    groups = read_groups(paths, arm)
+    order = sorted(groups, key=lambda k: (*k[:4], int(k[4]), int(k[5] or 0)))
     if diff_only:
         lines += [
-            "| group | metric | seeds | skip − no skip: mean ± sd [95 % CI] | reading |",
+            f"| group | metric | seeds | {first} − {second}: mean ± sd [95 % CI] | reading |",
             "|---|---|---|---|---|",
         ]
     for key in order:
-        rows = metric_rows(groups[key], metrics, decimals)
+        rows = metric_rows(groups[key], metrics, decimals, first)
         if diff_only:
             for r in rows:
                 lines.append(
-                    f"| {group_label(key)} | {r['label']} | {r['diff'][0]} | "
+                    f"| {group_label(key, arm)} | {r['label']} | {r['diff'][0]} | "
                     f"{_fmt(r['diff'], r['decimals'])} | {r['reading']} |"
                 )
             continue
         lines += [
-            f"{group_label(key)}: mean ± sd [95 % t-interval] over seeds; paired by seed",
+            f"{group_label(key, arm)}: mean ± sd [95 % t-interval] over seeds; paired by seed",
             "",
-            "| metric | seeds (no skip / skip / pairs) | no skip | skip | skip − no skip "
-            "(paired) | reading |",
+            f"| metric | seeds ({second} / {first} / pairs) | {second} | {first} | "
+            f"{first} − {second} (paired) | reading |",
             "|---|---|---|---|---|---|",
         ]
         for r in rows:
@@ -279,8 +313,16 @@ def main():
     parser.add_argument(
         "--decimals", type=int, help="decimal places for every metric (default: per metric)"
     )
+    parser.add_argument(
+        "--arm",
+        choices=tuple(ARMS),
+        default="skip",
+        help="what to compare, paired by seed: skip - no skip (default), or semi-amortized "
+        "- amortized training (diagnosis JSONs)",
+    )
     args = parser.parse_args()
-    print(tables(args.results, tuple(args.metrics.split(",")), args.diff_only, args.decimals))
+    metrics = tuple(args.metrics.split(","))
+    print(tables(args.results, metrics, args.diff_only, args.decimals, args.arm))
 
 
 if __name__ == "__main__":

@@ -115,15 +115,17 @@ def test_command_line_on_the_committed_image_rows():
     assert "largest |KL - MI - aggregate KL|" in out
 
 
-def _diagnosis(path, *, skip, seed, kl, refine=0, run_dir="unused", recorded=True, guide=None):
+def _diagnosis(
+    path, *, skip, seed, kl, refine=0, run_dir="unused", recorded=True, guide=None, trained="svi"
+):
     """A synthetic ``skipvae diagnose`` JSON (made-up numbers, not a measurement)."""
     metrics = dict(
-        skip=skip, num_refine_steps=refine, latent_dim=64, run_dir=str(run_dir), seed=0,
+        dataset="ptb", split="test", skip=skip, num_refine_steps=refine, latent_dim=64, run_dir=str(run_dir), seed=0,
         nll=100.0 - kl, elbo=-102.0, kl=kl, mi=kl - 0.1, agg_kl=0.1, au=int(kl),
         pareto_k_share_above=0.0,
     )  # fmt: skip
     if recorded:
-        metrics.update(trained_with="svi", guide="normal", guide_options={}, train_seed=seed)
+        metrics.update(trained_with=trained, guide="normal", guide_options={}, train_seed=seed)
     if guide:
         metrics.update(guide="bn-normal", guide_options=guide)
     path.write_text(json.dumps(metrics))
@@ -156,15 +158,15 @@ def test_diagnosis_jsons_are_rows_paired_by_training_seed(tmp_path):
         _diagnosis(study / "bn-skip-g7.json", skip=True, seed=0, kl=16.0, guide={"gamma": 0.7}),
     ]
     groups = study_stats.read_groups(paths)
-    amortized = ("text", "trained svi, normal guide", "q amortized", "64", "")
-    refined = ("text", "trained svi, normal guide", "q refined (K = 10)", "64", "")
-    bn = [("text", f"trained svi, bn-normal guide (gamma={g})", "q amortized", "64", "")
+    amortized = ("ptb (test split)", "svi", "normal guide", "q amortized", "64", "")
+    refined = ("ptb (test split)", "svi", "normal guide", "q refined (K = 10)", "64", "")
+    bn = [("ptb (test split)", "svi", f"bn-normal guide (gamma={g})", "q amortized", "64", "")
           for g in (0.5, 0.7)]  # fmt: skip
     assert set(groups) == {amortized, refined, *bn}
     assert sorted(groups[amortized][False]) == [0, 1] and list(groups[refined][True]) == [0]
     assert groups[amortized][False][1]["cell"] == "vae-seed1"
     text = study_stats.tables(paths, ("kl", "test_nll"), decimals=3)
-    assert "text: trained svi, normal guide, q amortized, latent 64" in text
+    assert "ptb (test split): trained svi, normal guide, q amortized, latent 64" in text
     assert "| KL (nats) | 2 / 2 / 2 | 1.500 ± 0.707 " in text
     assert "| 2.000 ± 1.414 [-10.706, 14.706] | consistent with no difference |" in text
     assert "| IW-NLL (nats) | 2 / 2 / 2 |" in text  # nll -> test_nll
@@ -184,5 +186,34 @@ def test_diagnosis_json_errors(tmp_path):
         _diagnosis(tmp_path / "a.json", skip=True, seed=0, kl=1.0),
         _diagnosis(tmp_path / "b.json", skip=True, seed=0, kl=2.0),
     ]
-    with pytest.raises(ValueError, match="two rows for .*skip=True, seed 0: a and b"):
+    with pytest.raises(ValueError, match="two rows for .*latent 64, skip, seed 0: a and b"):
         study_stats.read_groups(twice)
+
+
+def test_arm_training_pairs_semi_amortized_with_amortized_training(tmp_path):
+    # Synthetic: per model, SA-trained vs amortized-trained, both evaluated with K = 5
+    # refinement. Skip: KL differences 1, 2, 3 -> 2 ± 1, t(2) interval
+    # 2 ± 4.303 * 1 / sqrt(3) = [-0.48, 4.48]; no skip: 1, 1.5, 2 -> 1.5 ± 0.5, [0.26, 2.74].
+    paths = []
+    for seed, (skip_sa, skip_ctl, plain_sa, plain_ctl) in enumerate(
+        [(6.0, 5.0, 4.0, 3.0), (8.0, 6.0, 5.5, 4.0), (10.0, 7.0, 7.0, 5.0)]
+    ):
+        for name, skip, trained, kl in (
+            ("sa-skip", True, "semi-amortized", skip_sa),
+            ("control-skip", True, "svi", skip_ctl),
+            ("sa-vae", False, "semi-amortized", plain_sa),
+            ("control-vae", False, "svi", plain_ctl),
+        ):
+            path = tmp_path / f"{name}-seed{seed}.json"
+            paths.append(_diagnosis(path, skip=skip, seed=seed, kl=kl, refine=5, trained=trained))
+    text = study_stats.tables(paths, ("kl",), arm="training")
+    assert "ptb (test split): skip, normal guide, q refined (K = 5), latent 64" in text
+    assert "ptb (test split): no skip, normal guide, q refined (K = 5), latent 64" in text
+    assert "| metric | seeds (amortized-trained / SA-trained / pairs) |" in text
+    assert "| 2.00 ± 1.00 [-0.48, 4.48] | consistent with no difference |" in text
+    assert "| 1.50 ± 0.50 [0.26, 2.74] | finding: SA-trained higher |" in text
+    # the default compares skip with no skip within each training instead
+    assert "trained semi-amortized, normal guide" in study_stats.tables(paths, ("kl",))
+    other = _diagnosis(tmp_path / "aggr.json", skip=True, seed=0, kl=1.0, trained="aggressive")
+    with pytest.raises(ValueError, match="compares semi-amortized and svi training, found aggr"):
+        study_stats.read_groups([*paths, other], arm="training")
