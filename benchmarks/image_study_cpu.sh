@@ -47,11 +47,12 @@ for step in "$@"; do
   [[ -v FOLDER[$kind] && $n =~ ^[0-5]$ ]] || { echo "unknown step $step (see $0)" >&2; exit 2; }
   mkdir -p "$RESULTS/${FOLDER[$kind]}"
   grid=${GRID[$kind]:-${GRID[amortized]}}; sweep=${SWEEP[$kind]:-${SWEEP[amortized]}}
-  # the cell's name, fit and diagnose commands as the sweep runs them (tab-separated)
+  # the cell's name, fit and diagnose commands as the sweep runs them (tab-separated, each
+  # shell-quoted by shlex.join, so eval reads the words back exactly)
   IFS=$'\t' read -r _ name fit diagnose < <(
     "$SKIPVAE" sweep "$grid" --out "$sweep" --list | sed -n "$((n + 1))p")
-  cell=$sweep/cells/$name
-  diagnose_options=${diagnose#*"$cell"}
+  eval "fit=($fit)"; eval "diagnose=($diagnose)"  # skipvae fit ...; skipvae diagnose CELL ...
+  cell=${diagnose[2]}; diagnose_options=("${diagnose[@]:3}")
   out=$RESULTS/${FOLDER[$kind]}/$name.json
   log "$step: $name"
   case $kind in
@@ -61,8 +62,8 @@ for step in "$@"; do
       curves "$cell" "$name" "$kind" ;;
     control)
       [[ -f $out ]] && continue
-      # shellcheck disable=SC2086
-      taskset -c "$core" "$SKIPVAE" diagnose "$cell" $diagnose_options --num-refine-steps "$K" --out "$cell/control.json"
+      taskset -c "$core" "$SKIPVAE" diagnose "$cell" "${diagnose_options[@]}" \
+        --num-refine-steps "$K" --out "$cell/control.json"
       cp "$cell/control.json" "$out" ;;
     continue)
       [[ -f $out ]] && continue
@@ -72,10 +73,9 @@ for step in "$@"; do
         cp -a "$cell"/{config.json,metrics.jsonl,train.log,checkpoint.pt,best.pt} "$longer.part"
         mv "$longer.part" "$longer"
       fi
-      # shellcheck disable=SC2086  # the last --out and --num-epochs win
-      taskset -c "$core" ${fit/skipvae/$SKIPVAE} --num-epochs "$MAX_EPOCHS" --resume --out "$longer"
-      # shellcheck disable=SC2086
-      taskset -c "$core" "$SKIPVAE" diagnose "$longer" $diagnose_options
+      # the last --out and --num-epochs win
+      taskset -c "$core" "$SKIPVAE" "${fit[@]:1}" --num-epochs "$MAX_EPOCHS" --resume --out "$longer"
+      taskset -c "$core" "$SKIPVAE" diagnose "$longer" "${diagnose_options[@]}"
       cp "$longer/diagnostics.json" "$out"
       curves "$longer" "$name" continue ;;
   esac

@@ -12,11 +12,10 @@ group per file), split by ``skip`` and paired by ``seed``. Only rows whose statu
 count.
 
 The text study keeps one ``skipvae diagnose`` JSON per cell instead of a results.csv; give
-those files instead (``benchmarks/results/ptb_text/*.json``, one group per folder): each
-becomes a row, grouped by the inference the model was trained with, its guide and the guide's
-options, how q was
-evaluated (amortized, or refined with K steps) and the latent size, and paired by the
-training seed::
+those files instead (``benchmarks/results/ptb_text/*.json``): each becomes a row, grouped by
+the data set and split, the inference the model was trained with, its decoder, its guide and
+the guide's options, how q was evaluated (amortized, or refined with K steps) and the latent
+size, and paired by the training seed::
 
     python benchmarks/study_stats.py benchmarks/results/ptb_text/{skip,vae}-seed*.json
 
@@ -25,7 +24,7 @@ semi-amortized against the same model trained amortized (plain SVI) and evaluate
 e.g. both with K = 5 refinement (RQ5's control), paired by training seed, one group per
 skip setting::
 
-    python benchmarks/study_stats.py --arm training \
+    python benchmarks/study_stats.py --arm training \\
         benchmarks/results/pixelcnn_bmnist_cpu_{sa,control}/*.json
 
 The script also prints the largest |KL - (MI + aggregate KL)| over the rows, the
@@ -132,9 +131,16 @@ def guide_label(metrics: dict) -> str:
 
 def diagnosis_row(path) -> tuple[str, dict]:
     """``(source, row)``: a ``skipvae diagnose`` JSON as a results.csv row with the training
-    it came from (``trained_with``); the source is its data set and split. A diagnosis written before it recorded how the model was trained takes that
-    from the run's ``config.json`` (its ``run_dir``, as diagnose saw it from here)."""
+    it came from (``trained_with``); the source is its data set and split. A diagnosis
+    written before it recorded how the model was trained takes that from the run's
+    ``config.json`` (its ``run_dir``, as diagnose saw it from here); a guide that takes no
+    options had none."""
     metrics = json.loads(Path(path).read_text())
+    if "guide_options" not in metrics and "guide" in metrics:
+        from pyro_skipvae.guides import GUIDES
+
+        if not GUIDES.options(metrics["guide"], filled=("encoder", "name")):
+            metrics["guide_options"] = {}
     missing = [k for k in RUN_FIELDS if k not in metrics]
     if missing:
         config_path = Path(metrics["run_dir"]) / "config.json"
@@ -151,7 +157,7 @@ def diagnosis_row(path) -> tuple[str, dict]:
     row = {
         "cell": Path(path).stem,
         "status": "ok",
-        "grid": guide_label(metrics),
+        "grid": f"{metrics['decoder']} decoder, {guide_label(metrics)}",
         "trained_with": metrics["trained_with"],
         "inference": f"q refined (K = {refined})" if refined else "q amortized",
         "latent_dim": str(metrics["latent_dim"]),
@@ -187,11 +193,12 @@ def read_groups(paths, arm="skip"):
                     f"--arm training compares {' and '.join(TRAININGS)} training, found "
                     f"{row.get('trained_with') or 'no recorded training'} in {path}"
                 )
-            key = (source, row.get(setting, ""), *(row[k] for k in KEYS))
+            key = (source, row.get(setting) or "", *(row[k] for k in KEYS))
             seed, first = int(row["seed"]), is_first(row)
             if seed in groups[key][first]:
                 raise ValueError(
-                    f"two rows for {group_label(key, arm)}, {names[not first]}, seed {seed}: "
+                    f"two rows for {group_label(key, arm)}, {names[0 if first else 1]}, "
+                    f"seed {seed}: "
                     f"{groups[key][first][seed]['cell']} and {row['cell']}"
                 )
             groups[key][first][seed] = row
@@ -262,7 +269,8 @@ def tables(paths, metrics=DEFAULT, diff_only=False, decimals=None, arm="skip") -
     lines = []
     first, second = ARMS[arm][1]
     groups = read_groups(paths, arm)
-    order = sorted(groups, key=lambda k: (*k[:4], int(k[4]), int(k[5] or 0)))
+    # (skip groups before no-skip ones under --arm training)
+    order = sorted(groups, key=lambda k: (k[0], k[1] != "True", *k[1:4], int(k[4]), int(k[5] or 0)))
     if diff_only:
         lines += [
             f"| group | metric | seeds | {first} − {second}: mean ± sd [95 % CI] | reading |",
@@ -270,6 +278,8 @@ def tables(paths, metrics=DEFAULT, diff_only=False, decimals=None, arm="skip") -
         ]
     for key in order:
         rows = metric_rows(groups[key], metrics, decimals, first)
+        if not rows:  # one arm only: nothing to pair
+            continue
         if diff_only:
             for r in rows:
                 lines.append(

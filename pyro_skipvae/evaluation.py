@@ -307,7 +307,8 @@ def run_settings(run: LoadedRun, refinement: dict | None, options: DiagnoseOptio
     """What was evaluated, for ``diagnostics.json``: the run, data set and split, the
     binarisation, how q was evaluated (amortized or refined, with the refinement's settings),
     the model's skip wiring, decoder and guide (with its options, e.g. BN-VAE's γ), and the
-    inference and seed it was trained with (``seed`` is the diagnosis's own, which draws the IW-NLL subset)."""
+    inference and seed it was trained with (``seed`` is the diagnosis's own, which draws the
+    IW-NLL subset)."""
     return {
         "run_dir": str(run.run_dir),
         "dataset": run.dataset,

@@ -120,7 +120,8 @@ def _diagnosis(
 ):
     """A synthetic ``skipvae diagnose`` JSON (made-up numbers, not a measurement)."""
     metrics = dict(
-        dataset="ptb", split="test", skip=skip, num_refine_steps=refine, latent_dim=64, run_dir=str(run_dir), seed=0,
+        dataset="ptb", split="test", decoder="lstm", skip=skip, num_refine_steps=refine,
+        latent_dim=64, run_dir=str(run_dir), seed=0,
         nll=100.0 - kl, elbo=-102.0, kl=kl, mi=kl - 0.1, agg_kl=0.1, au=int(kl),
         pareto_k_share_above=0.0,
     )  # fmt: skip
@@ -158,15 +159,24 @@ def test_diagnosis_jsons_are_rows_paired_by_training_seed(tmp_path):
         _diagnosis(study / "bn-skip-g7.json", skip=True, seed=0, kl=16.0, guide={"gamma": 0.7}),
     ]
     groups = study_stats.read_groups(paths)
-    amortized = ("ptb (test split)", "svi", "normal guide", "q amortized", "64", "")
-    refined = ("ptb (test split)", "svi", "normal guide", "q refined (K = 10)", "64", "")
-    bn = [("ptb (test split)", "svi", f"bn-normal guide (gamma={g})", "q amortized", "64", "")
+    amortized = ("ptb (test split)", "svi", "lstm decoder, normal guide", "q amortized", "64", "")
+    refined = (
+        "ptb (test split)",
+        "svi",
+        "lstm decoder, normal guide",
+        "q refined (K = 10)",
+        "64",
+        "",
+    )
+    bn = [("ptb (test split)", "svi", f"lstm decoder, bn-normal guide (gamma={g})", "q amortized", "64", "")
           for g in (0.5, 0.7)]  # fmt: skip
     assert set(groups) == {amortized, refined, *bn}
     assert sorted(groups[amortized][False]) == [0, 1] and list(groups[refined][True]) == [0]
     assert groups[amortized][False][1]["cell"] == "vae-seed1"
     text = study_stats.tables(paths, ("kl", "test_nll"), decimals=3)
-    assert "ptb (test split): trained svi, normal guide, q amortized, latent 64" in text
+    assert (
+        "ptb (test split): trained svi, lstm decoder, normal guide, q amortized, latent 64" in text
+    )
     assert "| KL (nats) | 2 / 2 / 2 | 1.500 ± 0.707 " in text
     assert "| 2.000 ± 1.414 [-10.706, 14.706] | consistent with no difference |" in text
     assert "| IW-NLL (nats) | 2 / 2 / 2 |" in text  # nll -> test_nll
@@ -207,13 +217,34 @@ def test_arm_training_pairs_semi_amortized_with_amortized_training(tmp_path):
             path = tmp_path / f"{name}-seed{seed}.json"
             paths.append(_diagnosis(path, skip=skip, seed=seed, kl=kl, refine=5, trained=trained))
     text = study_stats.tables(paths, ("kl",), arm="training")
-    assert "ptb (test split): skip, normal guide, q refined (K = 5), latent 64" in text
-    assert "ptb (test split): no skip, normal guide, q refined (K = 5), latent 64" in text
     assert "| metric | seeds (amortized-trained / SA-trained / pairs) |" in text
-    assert "| 2.00 ± 1.00 [-0.48, 4.48] | consistent with no difference |" in text
-    assert "| 1.50 ± 0.50 [0.26, 2.74] | finding: SA-trained higher |" in text
+    group = "ptb (test split): {}, lstm decoder, normal guide, q refined (K = 5), latent 64"
+    rows = study_stats.tables(paths, ("kl",), diff_only=True, arm="training").splitlines()
+    assert rows[:5] == [
+        "| group | metric | seeds | SA-trained − amortized-trained: mean ± sd [95 % CI] "
+        "| reading |",
+        "|---|---|---|---|---|",
+        f"| {group.format('skip')} | KL (nats) | 3 | 2.00 ± 1.00 [-0.48, 4.48] "
+        "| consistent with no difference |",
+        f"| {group.format('no skip')} | KL (nats) | 3 | 1.50 ± 0.50 [0.26, 2.74] "
+        "| finding: SA-trained higher |",
+        "",
+    ]
     # the default compares skip with no skip within each training instead
-    assert "trained semi-amortized, normal guide" in study_stats.tables(paths, ("kl",))
+    assert "trained semi-amortized, lstm decoder" in study_stats.tables(paths, ("kl",))
     other = _diagnosis(tmp_path / "aggr.json", skip=True, seed=0, kl=1.0, trained="aggressive")
     with pytest.raises(ValueError, match="compares semi-amortized and svi training, found aggr"):
         study_stats.read_groups([*paths, other], arm="training")
+
+
+def test_a_diagnosis_without_guide_options(tmp_path):
+    # written before guide_options was recorded: the normal guide takes none, so {} is known;
+    # the BN-VAE guide's γ is read from the run's config.json, or refused when it is gone
+    path = _diagnosis(tmp_path / "old.json", skip=True, seed=0, kl=1.0, run_dir=tmp_path / "gone")
+    metrics = json.loads(path.read_text())
+    del metrics["guide_options"]
+    path.write_text(json.dumps(metrics))
+    assert study_stats.diagnosis_row(path)[1]["grid"] == "lstm decoder, normal guide"
+    path.write_text(json.dumps({**metrics, "guide": "bn-normal"}))
+    with pytest.raises(FileNotFoundError, match="does not record guide_options"):
+        study_stats.diagnosis_row(path)
