@@ -198,8 +198,7 @@ def read_groups(paths, arm="skip"):
             if seed in groups[key][first]:
                 raise ValueError(
                     f"two rows for {group_label(key, arm)}, {names[0 if first else 1]}, "
-                    f"seed {seed}: "
-                    f"{groups[key][first][seed]['cell']} and {row['cell']}"
+                    f"seed {seed}: {groups[key][first][seed]['cell']} and {row['cell']}"
                 )
             groups[key][first][seed] = row
     return dict(groups)
