@@ -168,7 +168,8 @@ def test_diagnosis_jsons_are_rows_paired_by_training_seed(tmp_path):
         "64",
         "",
     )
-    bn = [("ptb (test split)", "svi", f"lstm decoder, bn-normal guide (gamma={g})", "q amortized", "64", "")
+    bn = [("ptb (test split)", "svi", f"lstm decoder, bn-normal guide (gamma={g})",
+           "q amortized", "64", "")
           for g in (0.5, 0.7)]  # fmt: skip
     assert set(groups) == {amortized, refined, *bn}
     assert sorted(groups[amortized][False]) == [0, 1] and list(groups[refined][True]) == [0]
