@@ -42,18 +42,18 @@ import numpy as np
 from scipy import stats
 
 KEYS = ("grid", "inference", "latent_dim", "num_layers")
+#: the trainings ``--arm training`` compares, its first arm first
+TRAININGS = ("semi-amortized", "svi")
 #: what a table compares within a group, paired by seed (``--arm``): the row's arm (True for
 #: the first), the arms' names, and the setting that, instead, tells groups apart
 ARMS = {
     "skip": (lambda row: row["skip"] == "True", ("skip", "no skip"), "trained_with"),
     "training": (
-        lambda row: row["trained_with"] == "semi-amortized",
+        lambda row: row["trained_with"] == TRAININGS[0],
         ("SA-trained", "amortized-trained"),
         "skip",
     ),
 }
-#: the trainings ``--arm training`` compares
-TRAININGS = ("semi-amortized", "svi")
 # column -> (label, scale applied before printing, decimals)
 METRICS = {
     "test_nll": ("IW-NLL (nats)", 1.0, 2),
